@@ -1,0 +1,133 @@
+"""Chunk latency and training-step time of SmolVLA on this machine (tiny and full-size presets, fp32 / bf16).
+
+    .venv/bin/python benchmarks/bench_model.py [--presets tiny,smolvla_base] [--reps 3] [--threads 2]
+
+Setup as LeRobot's reference measurement (shared/reference.md): batch 1, one 96x128 camera (resized with padding to
+the preset's resolution), 48 language tokens, 10 Euler steps per chunk. bf16 inference casts the weights; bf16
+training uses CPU autocast over fp32 weights. Prints a markdown table and writes benchmarks/results/model_<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch
+
+from smolvla import SmolVLAPolicy
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def build(preset: str, device: str) -> SmolVLAPolicy:
+    from transformers.initialization import no_init_weights
+
+    cam = {"type": "VISUAL", "shape": [3, 96, 128]}
+    features = {"observation.state": {"type": "STATE", "shape": [6]}, "observation.images.cam": cam}
+    with no_init_weights():  # random-init of 450M parameters is slow; fill with small normals instead
+        policy = SmolVLAPolicy.from_preset(preset, input_features=features)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * (0.02 if p.ndim > 1 else 0.1) + (1.0 if p.ndim == 1 else 0))
+    return policy.to(device)
+
+
+def make_batch(policy: SmolVLAPolicy, batch_size: int, device: str) -> dict[str, torch.Tensor]:
+    cfg = policy.config
+    return {
+        "observation.images.cam": torch.rand(batch_size, 3, 96, 128, device=device),
+        "observation.state": torch.randn(batch_size, 6, device=device),
+        "observation.language.tokens": torch.randint(3, 1000, (batch_size, 48), device=device),
+        "observation.language.attention_mask": torch.ones(batch_size, 48, dtype=torch.bool, device=device),
+        "action": torch.randn(batch_size, cfg.chunk_size, 6, device=device),
+    }
+
+
+def timed(fn, reps: int, device: str) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(reps):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench(preset: str, reps: int, device: str, batch_size: int) -> list[dict]:
+    rows = []
+    policy = build(preset, device)
+    batch = make_batch(policy, batch_size, device)
+    n_params = policy.num_parameters()
+    for dtype in ("fp32", "bf16"):
+        policy.eval()
+        model = policy if dtype == "fp32" else policy.to(torch.bfloat16)
+        chunk_s = timed(lambda m=model: m.predict_chunk(batch, num_steps=10), reps, device)
+        one_step_s = timed(lambda m=model: m.predict_chunk(batch, num_steps=1), reps, device)
+        policy.to(torch.float32).train()
+
+        def train_step(dt=dtype):
+            with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=dt == "bf16"):
+                loss = policy.compute_loss(batch)
+            loss.backward()
+            policy.zero_grad(set_to_none=True)
+
+        train_s = timed(train_step, reps, device)
+        row = {
+            "preset": preset,
+            "params": n_params,
+            "dtype": dtype,
+            "batch": batch_size,
+            "chunk_10_steps_ms": round(chunk_s * 1e3, 1),
+            "chunk_1_step_ms": round(one_step_s * 1e3, 1),
+            "train_step_ms": round(train_s * 1e3, 1),
+        }
+        print(row, flush=True)
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", default="tiny,smolvla_base")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch_size", type=int, default=1)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    for preset in args.presets.split(","):
+        rows += bench(preset, args.reps if preset != "tiny" else max(args.reps, 20), args.device, args.batch_size)
+    print("\n| preset | dtype | batch | chunk, 10 steps (ms) | chunk, 1 step (ms) | train step (ms) |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['preset']} | {r['dtype']} | {r['batch']} | {r['chunk_10_steps_ms']} | {r['chunk_1_step_ms']} "
+            f"| {r['train_step_ms']} |"
+        )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    machine = {
+        "device": args.device,
+        "threads": args.threads,
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+    }
+    out = RESULTS / f"model_{args.device}.json"
+    out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
