@@ -42,15 +42,21 @@ def _preset_configs() -> dict[str, dict[str, Any]]:
     base_features = {
         "input_features": {
             STATE_KEY: {"type": "STATE", "shape": [6]},
-            "observation.image": {"type": "VISUAL", "shape": [3, 256, 256]},
-            "observation.image2": {"type": "VISUAL", "shape": [3, 256, 256]},
-            "observation.image3": {"type": "VISUAL", "shape": [3, 256, 256]},
+            **{f"observation.images.camera{i}": {"type": "VISUAL", "shape": [3, 256, 256]} for i in (1, 2, 3)},
         },
         "output_features": {ACTION_KEY: {"type": "ACTION", "shape": [6]}},
     }
     return {
         # LeRobot's SmolVLA defaults on SmolVLM2-500M: the architecture of `lerobot/smolvla_base`.
-        "smolvla_base": {**base_features, "vlm_model_name": SMOLVLM2_500M, "pad_language_to": "max_length"},
+        # Field values as in that checkpoint's config.json (0 means "unset" for expert layers and prefix length).
+        "smolvla_base": {
+            **base_features,
+            "vlm_model_name": SMOLVLM2_500M,
+            "pad_language_to": "max_length",
+            "num_expert_layers": 0,
+            "prefix_length": 0,
+            "load_vlm_weights": True,
+        },
         # A few-hundred-thousand-parameter trunk (plus SmolVLM2's token table) for CPU tests and the demo.
         "tiny": {
             "input_features": {
