@@ -96,7 +96,6 @@ class PrefixCache:
 
     keys: dict[int, Tensor]  # plan index -> (B, Hkv, P, D): RoPE'd backbone keys (SA) or expert-projected keys (CA)
     values: dict[int, Tensor]
-    pad_masks: Tensor  # (B, P) validity of prefix tokens
     sa_mask: Tensor  # (B, 1, S, P + S) additive: valid prefix + causal over the action tokens
     ca_mask: Tensor  # (B, 1, S, P) additive: valid prefix
     sa_rope: tuple[Tensor, Tensor]  # action-token positions continuing after the last valid prefix position
@@ -208,7 +207,6 @@ class VLMWithExpert(nn.Module):
         return PrefixCache(
             keys=keys,
             values=values,
-            pad_masks=pad_masks,
             sa_mask=additive_mask(sa_mask, embs.dtype),
             ca_mask=additive_mask(prefix_seen, embs.dtype),
             sa_rope=rope_tables(offsets + steps, self.head_dim),
