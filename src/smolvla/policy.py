@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +31,9 @@ from smolvla.model.checkpoint import (
 from smolvla.model.config import ACTION_KEY, EMPTY_CAMERA_PREFIX, STATE_KEY, SmolVLAConfig
 from smolvla.model.flow_matching import Prefix, VLAFlowMatching
 from smolvla.model.images import resize_with_pad
+
+if TYPE_CHECKING:
+    from smolvla.processors.pipeline import Pipeline
 
 LANG_TOKENS = "observation.language.tokens"
 LANG_MASK = "observation.language.attention_mask"
@@ -138,11 +141,13 @@ class SmolVLAPolicy(nn.Module):
         policy.legacy_stats = stats
         return policy.to(device) if device is not None else policy
 
-    def save_pretrained(self, path: str | Path) -> None:
+    def save_pretrained(self, path: str | Path, processors: tuple[Pipeline, Pipeline] | None = None) -> None:
         """Write config.json + model.safetensors (LeRobot layout, `format: pt`) atomically.
 
         A backbone that is not a built-in preset is saved in `vlm/` and referenced relatively, so the checkpoint
-        loads offline on any machine.
+        loads offline on any machine. `processors` (pre, post), e.g. from `smolvla.processors.make_processors`, are
+        saved into the same directory (`policy_preprocessor.json`, ..., tokenizer files); reload them with
+        `smolvla.processors.load_processors(path)`.
         """
         from safetensors.torch import save_file
 
@@ -163,6 +168,8 @@ class SmolVLAPolicy(nn.Module):
                     if source is not None and (source / name).is_file():
                         shutil.copyfile(source / name, tmp / VLM_SUBDIR / name)
                 (tmp / VLM_SUBDIR / CONFIG_NAME).write_text(json.dumps(self.backbone.config, indent=2) + "\n")
+            for pipeline in processors or ():
+                pipeline.save(tmp)
 
         atomic_directory(Path(path), write)
 
@@ -242,8 +249,11 @@ class SmolVLAPolicy(nn.Module):
         if not isinstance(batch, dict):
             raise BatchError(f"batch must be a dict of tensors, got {type(batch).__name__}")
         state = self._last_step(self._tensor(batch, STATE_KEY, "robot state"), STATE_KEY, 1)
-        if state.shape[-1] != cfg.state_dim:
-            raise BatchError(f"{STATE_KEY!r} has dim {state.shape[-1]}, expected {cfg.state_dim} (config)")
+        if state.shape[-1] not in (cfg.state_dim, cfg.max_state_dim):
+            raise BatchError(
+                f"{STATE_KEY!r} has dim {state.shape[-1]}, expected {cfg.state_dim} (config) or "
+                f"{cfg.max_state_dim} (already padded)"
+            )
         _check_finite(STATE_KEY, state)
         batch_size = state.shape[0]
         if LANG_TOKENS not in batch and "task" in batch:
@@ -273,14 +283,16 @@ class SmolVLAPolicy(nn.Module):
         """Target actions padded to max_action_dim (B, chunk, max_action_dim) and the optional step padding."""
         cfg = self.config
         actions = self._tensor(batch, ACTION_KEY, "target action chunk")
+        widths = (cfg.action_dim, cfg.max_action_dim)
         expected = (actions.shape[0], cfg.chunk_size, cfg.action_dim)
-        if actions.ndim != 3 or tuple(actions.shape[1:]) != expected[1:]:
+        if actions.ndim != 3 or actions.shape[1] != cfg.chunk_size or actions.shape[2] not in widths:
             raise BatchError(
-                f"{ACTION_KEY!r} must be (B, chunk_size, action_dim) = {expected}, got {tuple(actions.shape)}"
+                f"{ACTION_KEY!r} must be (B, chunk_size, action_dim) = {expected} or padded to max_action_dim "
+                f"{cfg.max_action_dim}, got {tuple(actions.shape)}"
             )
         _check_finite(ACTION_KEY, actions)
         padded = torch.zeros(*expected[:2], cfg.max_action_dim, dtype=torch.float32, device=self.device)
-        padded[..., : cfg.action_dim] = actions
+        padded[..., : actions.shape[2]] = actions
         is_pad = batch.get(ACTION_IS_PAD)
         if is_pad is not None:
             is_pad = is_pad.to(self.device)
