@@ -176,7 +176,7 @@ def test_raw_observation_to_robot_actions(policy, tokenizer):
 
 def test_missing_camera_error_and_fill(policy, tokenizer):
     pre, _ = make_processors(policy.config, make_stats(), tokenizer)
-    with pytest.raises(BatchError, match="observation.images.top"):
+    with pytest.raises(BatchError, match=r"camera .observation\.images\.top. is missing"):
         policy.predict_chunk(pre(raw_observation("observation.images.front")))
     renamed, _ = make_processors(
         policy.config, make_stats(), tokenizer, rename_map={"observation.images.front": "observation.images.top"}
