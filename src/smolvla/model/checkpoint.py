@@ -10,16 +10,15 @@ weights, since normalization is a processor's job.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from smolvla.atomic import atomic_directory
 from smolvla.errors import CheckpointError
+
+__all__ = ["atomic_directory", "load_strict", "read_weights", "split_legacy_stats"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -74,22 +73,3 @@ def load_strict(module: nn.Module, state_dict: dict[str, Tensor], source: str) -
     with torch.no_grad():
         for key, target in expected.items():
             target.copy_(state_dict[key])
-
-
-def atomic_directory(target: Path, write: Callable[[Path], None]) -> None:
-    """Build a directory with `write(tmp)` beside `target`, then swap it in: readers never see half a checkpoint."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        write(tmp)
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, old / target.name)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -1,0 +1,38 @@
+"""Atomic directory writes: build beside the target, then swap in, so readers never see half a result."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def temp_directory_for(target: Path) -> Path:
+    """A fresh hidden directory next to `target` (same filesystem, so the final rename is atomic)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+
+
+def replace_directory(tmp: Path, target: Path) -> None:
+    """Move the finished `tmp` to `target`, replacing an existing `target` only once `tmp` is complete."""
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.replace(target, old / target.name)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+
+
+def atomic_directory(target: Path, write: Callable[[Path], None]) -> None:
+    """Build a directory with `write(tmp)` and swap it in as `target`; on error nothing changes."""
+    target = Path(target)
+    tmp = temp_directory_for(target)
+    try:
+        write(tmp)
+        replace_directory(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
