@@ -39,16 +39,32 @@ def sample_indices(length: int) -> np.ndarray:
 
 
 def image_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-channel stats (3, 1, 1) in [0, 1] of (n, H, W, 3) uint8 frames."""
-    x = np.asarray(frames, dtype=np.float64).transpose(3, 0, 1, 2).reshape(3, -1) / 255.0
+    """Per-channel stats (3, 1, 1) in [0, 1] of (n, H, W, 3) uint8 frames.
+
+    Computed from each channel's 256-bin histogram: exact (quantiles interpolate between order statistics as
+    `np.quantile` does) and ~100x faster than sorting the pixels of 100 full-resolution frames.
+    """
+    frames = np.asarray(frames)
+    hist = np.stack([np.bincount(frames[..., c].reshape(-1), minlength=256) for c in range(3)]).astype(np.float64)
+    values = np.arange(256, dtype=np.float64) / 255.0
+    n = hist.sum(axis=1)
+    mean = hist @ values / n
+    var = hist @ values**2 / n - mean**2
+    cumulative = np.cumsum(hist, axis=1)
+
+    def order_statistic(rank: np.ndarray) -> np.ndarray:  # value of the rank-th smallest pixel (0-based) per channel
+        return np.array([np.searchsorted(cumulative[c], rank[c], side="right") for c in range(3)]) / 255.0
+
     out = {
-        "min": x.min(axis=1),
-        "max": x.max(axis=1),
-        "mean": x.mean(axis=1),
-        "std": x.std(axis=1),
+        "min": values[np.argmax(hist > 0, axis=1)],
+        "max": values[255 - np.argmax(hist[:, ::-1] > 0, axis=1)],
+        "mean": mean,
+        "std": np.sqrt(np.maximum(var, 0.0)),
     }
-    for key, value in zip(QUANTILE_KEYS, np.quantile(x, QUANTILES, axis=1), strict=True):
-        out[key] = value
+    for key, q in zip(QUANTILE_KEYS, QUANTILES, strict=True):
+        position = q * (n - 1)
+        low, high = np.floor(position), np.ceil(position)
+        out[key] = order_statistic(low) + (position - low) * (order_statistic(high) - order_statistic(low))
     out = {k: v.reshape(3, 1, 1) for k, v in out.items()}
     out["count"] = np.array([len(frames)])
     return out
