@@ -224,6 +224,11 @@ def test_broken_pipeline_files(policy, tokenizer, tmp_path):
         Pipeline.load(tmp_path, "policy_preprocessor")
     with pytest.raises(CheckpointError, match="no processor file"):
         Pipeline.load(tmp_path, "policy_postprocessor")
+    # LeRobot saves only the tokenizer's hub name; without local files the error says what to copy where.
+    pre.save(tmp_path)
+    (tmp_path / "tokenizer.json").unlink()
+    with pytest.raises(CheckpointError, match=r"tokenizer 'smolvla/tiny-backbone' not found.*copy the tokenizer files"):
+        Pipeline.load(tmp_path, "policy_preprocessor")
 
 
 def test_lerobot_pipeline_with_prefixed_stats_is_rejected(tmp_path, tokenizer):

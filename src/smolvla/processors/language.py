@@ -203,4 +203,7 @@ class Tokenize(ProcessorStep):
                 "downloads, so copy the tokenizer files into the checkpoint directory"
             )
         kwargs = {k: v for k, v in config.items() if k != "tokenizer_name"}
-        return cls(tokenizer, tokenizer_name=name, **kwargs)
+        try:
+            return cls(tokenizer, tokenizer_name=name, **kwargs)
+        except TypeError as e:
+            raise ConfigError(f"processor step {cls.registry_name!r}: bad config {config}: {e}") from e
