@@ -137,6 +137,8 @@ def test_episode_selection_and_split(v30_root, episodes):
     assert split_episodes(range(10), 0.2, seed=1) == (train, val)
     with pytest.raises(DatasetError, match="no episode 7"):
         LeRobotDataset(v30_root, episodes=[7])
+    with pytest.raises(DatasetError, match="no episodes selected"):
+        LeRobotDataset(v30_root, episodes=[])
 
 
 def test_sequential_access_decodes_each_frame_once(v30_root):

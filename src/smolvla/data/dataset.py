@@ -68,6 +68,8 @@ class LeRobotDataset(Dataset):
         self.video_reader = video_reader or VideoFrameReader(tolerance_s=tolerance_s)
         all_episodes = self.meta.episode_index.tolist()
         self.episodes = all_episodes if episodes is None else sorted(int(e) for e in episodes)
+        if not self.episodes:
+            raise DatasetError(f"{self.root}: no episodes selected (the dataset has {len(all_episodes)})")
         self._positions = np.array([self.meta.episode_position(e) for e in self.episodes], dtype=np.int64)
         self.delta_indices = self._delta_indices(delta_timestamps or {})
         self._load_rows()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +128,6 @@ class _OpenVideo:
     frames: Any = None  # the running decode iterator
     last_time: float = -1.0
     last_frame: np.ndarray | None = None
-    decoded: int = field(default=0)
 
 
 class VideoFrameReader:
@@ -203,7 +202,6 @@ class VideoFrameReader:
         try:
             for frame in video.frames:
                 video.last_time = float(frame.pts * video.stream.time_base)
-                video.decoded += 1
                 self.decoded_frames += 1
                 if video.last_time >= time_s - tol:
                     video.last_frame = frame.to_ndarray(format="rgb24")
