@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from smolvla.data.meta import DEFAULT_FEATURES
 from smolvla.data.stats import image_stats, vector_stats
 from smolvla.data.video import VideoEncoder
 
@@ -50,14 +51,7 @@ def write_v21(root: Path, episodes: list[dict[str, np.ndarray]], tasks: list[str
     """A dataset in LeRobot's v2.1 layout: one parquet and one mp4 per episode, JSON-lines metadata."""
     (root / "meta").mkdir(parents=True)
     task_ids = {t: i for i, t in enumerate(dict.fromkeys(tasks))}
-    features = {
-        **FEATURES,
-        "timestamp": {"dtype": "float32", "shape": [1], "names": None},
-        "frame_index": {"dtype": "int64", "shape": [1], "names": None},
-        "episode_index": {"dtype": "int64", "shape": [1], "names": None},
-        "index": {"dtype": "int64", "shape": [1], "names": None},
-        "task_index": {"dtype": "int64", "shape": [1], "names": None},
-    }
+    features = {**FEATURES, **DEFAULT_FEATURES}
     info = {
         "codebase_version": "v2.1",
         "robot_type": None,
