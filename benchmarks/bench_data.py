@@ -11,7 +11,6 @@ Writes benchmarks/results/data_cpu.json and prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -25,10 +24,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.report import report
 from smolvla.data import DatasetWriter, LeRobotDataset, chunk_delta_timestamps
 from tests.data.builders import smooth_frames
 
-RESULTS = Path(__file__).parent / "results"
 FPS = 30
 
 
@@ -104,20 +103,16 @@ def main() -> None:
             }
         )
         print(rows[-1], flush=True)
-    print(
-        "\n| size | write (samples/s) | sequential (samples/s) | random (samples/s) | DataLoader 2 workers | mp4 MB |"
-    )
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['size']} | {r['write_samples_per_s']} | {r['sequential_samples_per_s']} | "
-            f"{r['random_samples_per_s']} | {r['loader_2_workers_samples_per_s']} | {r['video_mb']} |"
-        )
-    RESULTS.mkdir(parents=True, exist_ok=True)
     machine = {"threads": args.threads, "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
-    out = RESULTS / "data_cpu.json"
-    out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    columns = {
+        "size": "size",
+        "write (samples/s)": "write_samples_per_s",
+        "sequential (samples/s)": "sequential_samples_per_s",
+        "random (samples/s)": "random_samples_per_s",
+        "DataLoader 2 workers": "loader_2_workers_samples_per_s",
+        "mp4 MB": "video_mb",
+    }
+    report("data_cpu", machine, rows, columns)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,10 @@ training uses CPU autocast over fp32 weights. Prints a markdown table and writes
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -23,7 +23,8 @@ import torch
 
 from smolvla import SmolVLAPolicy
 
-RESULTS = Path(__file__).parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.report import report
 
 
 def build(preset: str, device: str) -> SmolVLAPolicy:
@@ -110,23 +111,21 @@ def main() -> None:
     rows = []
     for preset in args.presets.split(","):
         rows += bench(preset, args.reps if preset != "tiny" else max(args.reps, 20), args.device, args.batch_size)
-    print("\n| preset | dtype | batch | chunk, 10 steps (ms) | chunk, 1 step (ms) | train step (ms) |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['preset']} | {r['dtype']} | {r['batch']} | {r['chunk_10_steps_ms']} | {r['chunk_1_step_ms']} "
-            f"| {r['train_step_ms']} |"
-        )
-    RESULTS.mkdir(parents=True, exist_ok=True)
     machine = {
         "device": args.device,
         "threads": args.threads,
         "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,
     }
-    out = RESULTS / f"model_{args.device}.json"
-    out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    columns = {
+        "preset": "preset",
+        "dtype": "dtype",
+        "batch": "batch",
+        "chunk, 10 steps (ms)": "chunk_10_steps_ms",
+        "chunk, 1 step (ms)": "chunk_1_step_ms",
+        "train step (ms)": "train_step_ms",
+    }
+    report(f"model_{args.device}", machine, rows, columns)
 
 
 if __name__ == "__main__":

@@ -37,10 +37,11 @@ class VideoSettings:
     crf: int = 30
     preset: int | None = 10  # SVT-AV1 speed preset (higher = faster)
 
-    def options(self) -> dict[str, str]:
+    def options(self, codec: str) -> dict[str, str]:
+        """Encoder options for the codec actually used (the speed preset is SVT-AV1's numeric scale only)."""
         opts = {"g": str(self.g), "crf": str(self.crf)}
-        if self.preset is not None and self.codec in ("libsvtav1", "libx264"):
-            opts["preset"] = str(self.preset) if self.codec == "libsvtav1" else "veryfast"
+        if self.preset is not None and codec == "libsvtav1":
+            opts["preset"] = str(self.preset)
         return opts
 
 
@@ -71,7 +72,7 @@ class VideoEncoder:
         self.stream = self.container.add_stream(self.codec, rate=fps)
         self.stream.width, self.stream.height = width, height
         self.stream.pix_fmt = settings.pix_fmt
-        self.stream.options = settings.options()
+        self.stream.options = settings.options(self.codec)
         self.num_frames = 0
         self.bytes = 0  # encoded so far (the muxer may not have flushed it to disk yet)
 
