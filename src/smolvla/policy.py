@@ -361,10 +361,15 @@ class SmolVLAPolicy(nn.Module):
         self._queue: Tensor | None = None
         self._queue_pos = 0
 
+    @property
+    def will_predict(self) -> bool:
+        """True when the next `select_action` computes a new chunk (the expensive call) rather than dequeuing."""
+        return self._queue is None or self._queue_pos >= self.config.n_action_steps
+
     @torch.no_grad()
     def select_action(self, batch: dict[str, Any]) -> Tensor:
         """One action (B, action_dim) per call; a new chunk is predicted every n_action_steps calls."""
-        if self._queue is None or self._queue_pos >= self.config.n_action_steps:
+        if self.will_predict:
             self._queue = self.predict_chunk(batch)[:, : self.config.n_action_steps]
             self._queue_pos = 0
         action = self._queue[:, self._queue_pos]

@@ -277,13 +277,21 @@ class DatasetWriter:
             "has_audio": False,
         }
 
-    def finalize(self) -> Path:
-        """Close all files, write the metadata, and move the dataset into place; returns its root."""
+    def finalize(self, extra_meta: dict[str, Any] | None = None) -> Path:
+        """Close all files, write the metadata, and move the dataset into place; returns its root.
+
+        `extra_meta` maps file names to JSON-able objects written under `meta/` (e.g. how the data was collected);
+        LeRobot ignores files it does not know.
+        """
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         if self.tmp is None:
             raise DatasetError("writer is already finalized")
+        extra_meta = extra_meta or {}
+        for name in extra_meta:
+            if "/" in name or not name.endswith(".json") or name in ("info.json", "stats.json"):
+                raise DatasetError(f"extra metadata file name {name!r} must be a new plain .json file name")
         if not self.episodes:
             self.abort()
             raise DatasetError(f"no episodes were added to {self.root}")
@@ -324,6 +332,8 @@ class DatasetWriter:
             "features": features,
         }
         (self.tmp / INFO_PATH).write_text(json.dumps(info, indent=4, ensure_ascii=False) + "\n")
+        for name, content in extra_meta.items():
+            (self.tmp / "meta" / name).write_text(json.dumps(content, indent=2) + "\n")
         replace_directory(self.tmp, self.root)
         self.tmp = None
         return self.root

@@ -1,0 +1,109 @@
+"""Draccus-style command-line flags for dataclass configs: `--env.task=push --eval.n_episodes=10`.
+
+Nested dataclass fields are addressed with dots, values are parsed by the field's annotated type (bool accepts
+true/false/1/0/yes/no, tuples take comma-separated items, optional fields take `none`). An unknown or malformed flag
+is one clear error listing what is valid, never a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any
+
+from smolvla.errors import ConfigError
+
+_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+
+
+def _fields(cls: type) -> dict[str, tuple[Any, Any]]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: (hints[f.name], f) for f in dataclasses.fields(cls) if f.init}
+
+
+def flag_names(config: Any, prefix: str = "") -> list[str]:
+    """Every settable dotted name of a (nested) dataclass instance."""
+    names = []
+    for name in _fields(type(config)):
+        value = getattr(config, name)
+        if dataclasses.is_dataclass(value):
+            names += flag_names(value, f"{prefix}{name}.")
+        else:
+            names.append(prefix + name)
+    return names
+
+
+def parse_value(text: str, kind: Any, where: str) -> Any:
+    """Parse one flag value as `kind` (str, int, float, bool, tuple[X, ...], X | None)."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if text.lower() in ("none", "null") and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return parse_value(text, inner, where)
+    if origin is tuple:
+        item = args[0] if args else str
+        return tuple(parse_value(part.strip(), item, where) for part in text.split(",") if part.strip())
+    if origin is list:
+        return [parse_value(part.strip(), args[0], where) for part in text.split(",") if part.strip()]
+    try:
+        if kind is bool:
+            if text.lower() in _TRUE | _FALSE:
+                return text.lower() in _TRUE
+            raise ValueError(text)
+        if kind in (int, float, str):
+            return kind(text)
+    except ValueError:
+        raise ConfigError(f"--{where}: expected {kind.__name__}, got {text!r}") from None
+    raise ConfigError(f"--{where}: cannot parse a flag of type {kind}")
+
+
+def apply_flags(config: Any, argv: list[str]) -> Any:
+    """Set the fields of dataclass `config` from `--dotted.name=value` (or `--dotted.name value`) flags."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument {arg!r}: flags look like --name=value")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(argv):
+                raise ConfigError(f"flag --{key} has no value")
+            value, i = argv[i + 1], i + 1
+        set_field(config, key, value)
+        i += 1
+    return config
+
+
+def set_field(config: Any, dotted: str, text: str, prefix: str = "") -> None:
+    """Set one (possibly nested) field from its flag text; `prefix` is the path already walked, for messages."""
+    target, *rest = dotted.split(".")
+    fields = _fields(type(config))
+    if target not in fields:
+        valid = ", ".join("--" + n for n in flag_names(config, prefix))
+        raise ConfigError(f"unknown flag --{prefix}{dotted}; valid flags: {valid}")
+    kind, _ = fields[target]
+    current = getattr(config, target)
+    if rest:
+        if not dataclasses.is_dataclass(current):
+            raise ConfigError(f"--{prefix}{dotted}: {prefix}{target} has no sub-settings")
+        set_field(current, ".".join(rest), text, f"{prefix}{target}.")
+    elif dataclasses.is_dataclass(current):
+        valid = ", ".join("--" + n for n in flag_names(current, f"{prefix}{target}."))
+        raise ConfigError(f"--{prefix}{dotted} is a group; set its fields: {valid}")
+    else:
+        setattr(config, target, parse_value(text, kind, prefix + dotted))
+
+
+def describe(config: Any) -> str:
+    """`--name=default` lines for --help."""
+    lines = []
+    for name in flag_names(config):
+        value: Any = config
+        for part in name.split("."):
+            value = getattr(value, part)
+        if isinstance(value, tuple):
+            value = ",".join(map(str, value))
+        lines.append(f"  --{name}={value}")
+    return "\n".join(lines)

@@ -1,0 +1,97 @@
+"""Turn a SmolVLA checkpoint into a simulator agent, and name agents on the command line.
+
+The agent is the serving-side glue: env observation → LeRobot batch (state, camera tensors, instruction) →
+preprocessor → policy (chunked, queued) → postprocessor → one action as numpy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smolvla.errors import ConfigError
+from smolvla.model.config import EMPTY_CAMERA_PREFIX, IMAGE_PREFIX, STATE_KEY
+
+BUILTIN_AGENTS = ("expert", "random")
+
+
+class SmolVLAAgent:
+    """A policy plus its processors, acting on `MetaWorldEnv` observations (or any env with the same keys)."""
+
+    def __init__(self, policy, preprocessor, postprocessor):
+        self.policy = policy.eval()
+        self.preprocessor, self.postprocessor = preprocessor, postprocessor
+        self.cameras = {
+            key: key.removeprefix(IMAGE_PREFIX)
+            for key in policy.config.image_features
+            if not key.startswith(EMPTY_CAMERA_PREFIX)
+        }
+        self.new_chunk = True
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str = "cpu", num_steps: int | None = None) -> SmolVLAAgent:
+        from smolvla.policy import SmolVLAPolicy
+        from smolvla.processors.smolvla import load_processors
+
+        policy = SmolVLAPolicy.from_pretrained(path, device=device)
+        if num_steps is not None:
+            policy.config.num_steps = int(num_steps)
+        return cls(policy, *load_processors(path, device=device))
+
+    @property
+    def image_size(self) -> int | None:
+        """Side of the (square) camera images the policy was trained on, if it has cameras."""
+        shapes = {tuple(self.policy.config.image_features[k].shape[1:]) for k in self.cameras}
+        if len(shapes) != 1:
+            return None
+        height, width = shapes.pop()
+        return height if height == width else None
+
+    def reset(self, seed: int = 0) -> None:
+        import torch
+
+        torch.manual_seed(seed)  # the flow-matching noise: same seed, same rollout
+        self.policy.reset()
+
+    def select_action(self, observation: dict[str, Any]) -> np.ndarray:
+        import torch
+
+        pixels = observation.get("pixels", {})
+        batch: dict[str, Any] = {
+            STATE_KEY: torch.as_tensor(observation["agent_pos"], dtype=torch.float32),
+            "task": observation["task"],
+        }
+        for key, camera in self.cameras.items():
+            if camera not in pixels:
+                raise ConfigError(
+                    f"the policy needs camera {camera!r} ({key}); the env renders {sorted(pixels)}: "
+                    f"set --env.cameras to include it"
+                )
+            batch[key] = torch.from_numpy(np.ascontiguousarray(pixels[camera])).permute(2, 0, 1).float() / 255.0
+        self.new_chunk = self.policy.will_predict
+        action = self.policy.select_action(self.preprocessor(batch))
+        return self.postprocessor({"action": action})["action"][0].numpy()
+
+
+@dataclass(frozen=True)
+class AgentFactory:
+    """Picklable recipe for an agent, so worker processes can build their own: `expert`, `random` or a checkpoint."""
+
+    path: str = "expert"
+    device: str = "cpu"
+    num_steps: int | None = None
+    noise_std: float = 0.0
+
+    def __call__(self) -> Any:
+        from smolvla.sim.agents import ExpertAgent, RandomAgent
+
+        if self.path == "expert":
+            return ExpertAgent(self.noise_std)
+        if self.path == "random":
+            return RandomAgent()
+        if not Path(self.path).exists():
+            raise ConfigError(f"--policy.path={self.path!r} is neither {BUILTIN_AGENTS} nor an existing checkpoint")
+        return SmolVLAAgent.from_pretrained(self.path, self.device, self.num_steps)

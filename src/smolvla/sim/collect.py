@@ -1,0 +1,159 @@
+"""`smolvla collect`: scripted-expert demonstrations on Meta-World, written as a LeRobot v3.0 dataset.
+
+Episodes are staged one file each in `<output_dir>.partial/` as they finish, so an interrupted run restarts where it
+stopped (same config → finished episodes are kept). Only when every task has its quota of successful episodes is the
+dataset written, atomically, and the staging directory removed. Failed expert episodes are retried with the next
+seeds of the same task (up to `max_attempts_factor` × the quota). Which episodes end up in the dataset depends only on
+the config, never on the number of workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smolvla.errors import ConfigError
+from smolvla.sim.agents import ExpertAgent
+from smolvla.sim.metaworld_env import MetaWorldConfig, MetaWorldEnv
+from smolvla.sim.rollout import Episode, Job, episode_seed, run_jobs
+from smolvla.sim.tasks import instruction, resolve_tasks
+
+COLLECT_META = "smolvla_collect.json"
+
+
+@dataclass
+class CollectConfig:
+    env: MetaWorldConfig = field(default_factory=lambda: MetaWorldConfig(task="mt10"))
+    episodes_per_task: int = 10  # successful episodes kept per task
+    output_dir: str = "outputs/datasets/metaworld"
+    noise_std: float = 0.0  # Gaussian action noise added to the expert (recorded as executed)
+    seed: int = 0
+    num_workers: int = 1
+    max_attempts_factor: int = 3
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class _ExpertFactory:
+    """Picklable agent factory for worker processes."""
+
+    noise_std: float
+
+    def __call__(self) -> ExpertAgent:
+        return ExpertAgent(self.noise_std)
+
+
+def _staged_path(staging: Path, task: str, index: int) -> Path:
+    return staging / f"{task}__{index:06d}.npz"
+
+
+def _stage(staging: Path, episode: Episode) -> None:
+    """Write one finished episode (frames only if it succeeded) via a temp file, so a kill leaves no torn file."""
+    path = _staged_path(staging, episode.task, episode.index)
+    tmp = path.with_suffix(".tmp.npz")
+    arrays = dict(episode.frames) if episode.success and episode.frames else {}
+    meta = {"seed": episode.seed, "success": episode.success, "length": episode.length}
+    np.savez_compressed(tmp, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+    os.replace(tmp, path)
+
+
+def _load_staged(path: Path, with_frames: bool) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    with np.load(path) as data:
+        meta = json.loads(bytes(data["__meta__"]).decode())
+        frames = {k: data[k] for k in data.files if k != "__meta__"} if with_frames else {}
+    return meta, frames
+
+
+def _config_record(config: CollectConfig, tasks: list[str]) -> dict[str, Any]:
+    record = dataclasses.asdict(config)
+    record["env"]["task"] = tasks
+    for key in ("output_dir", "num_workers", "overwrite"):  # do not change which episodes are collected
+        record.pop(key)
+    return json.loads(json.dumps(record))
+
+
+def collect(config: CollectConfig, progress: bool = True) -> Path:
+    """Run the experts until each task has `episodes_per_task` successes; write and return the dataset root."""
+    from tqdm import tqdm
+
+    from smolvla.data.writer import DatasetWriter
+
+    tasks = resolve_tasks(config.env.task)
+    if config.episodes_per_task < 1 or config.max_attempts_factor < 1:
+        raise ConfigError("episodes_per_task and max_attempts_factor must be >= 1")
+    root = Path(config.output_dir)
+    if root.exists() and not config.overwrite:
+        raise ConfigError(f"{root} already exists; pass --overwrite=true or choose another --output_dir")
+    probe = MetaWorldEnv(dataclasses.replace(config.env, task=tasks[0]))  # validates cameras / GL before any work
+    features, fps = probe.dataset_features(), probe.fps
+    probe.close()
+
+    staging = root.with_name(root.name + ".partial")
+    record = _config_record(config, tasks)
+    if staging.exists():
+        saved = json.loads((staging / "config.json").read_text()) if (staging / "config.json").exists() else None
+        if saved != record:
+            raise ConfigError(
+                f"{staging} holds an interrupted collection with a different config; delete it to start over "
+                f"(saved: {saved}, now: {record})"
+            )
+    else:
+        staging.mkdir(parents=True)
+        (staging / "config.json").write_text(json.dumps(record, indent=2))
+
+    quota, cap = config.episodes_per_task, config.episodes_per_task * config.max_attempts_factor
+    outcomes: dict[tuple[str, int], bool] = {}
+    for path in staging.glob("*__*.npz"):
+        task, index = path.stem.rsplit("__", 1)
+        outcomes[(task, int(index))] = _load_staged(path, with_frames=False)[0]["success"]
+    if outcomes and progress:
+        print(f"resuming: {len(outcomes)} episodes already staged in {staging}", file=sys.stderr)
+
+    bar = tqdm(total=quota * len(tasks), desc="demos", unit="ep", disable=not progress)
+    bar.update(sum(min(quota, sum(ok for (t, _), ok in outcomes.items() if t == task)) for task in tasks))
+    factory = _ExpertFactory(config.noise_std)
+    while True:
+        jobs = []
+        for task in tasks:  # the lowest untried attempt indices: the kept set never depends on interruptions
+            wanted = quota - sum(ok for (t, _), ok in outcomes.items() if t == task)
+            untried = (i for i in range(cap) if (task, i) not in outcomes)
+            for index in itertools.islice(untried, max(wanted, 0)):
+                jobs.append(Job(task, index, episode_seed(config.seed, task, index), record=True))
+        if not jobs:
+            break
+        for episode in run_jobs(jobs, config.env, factory, config.num_workers):
+            _stage(staging, episode)
+            outcomes[(episode.task, episode.index)] = episode.success
+            bar.update(int(episode.success))
+    bar.close()
+
+    short = {t: sum(ok for (name, _), ok in outcomes.items() if name == t) for t in tasks}
+    short = {t: n for t, n in short.items() if n < quota}
+    if short:
+        raise RuntimeError(f"the expert reached fewer than {quota} successes in {cap} attempts on: {short}")
+
+    episodes_meta = []
+    writer = DatasetWriter(root, fps, features, robot_type="sawyer", overwrite=config.overwrite)
+    try:
+        for task in tasks:
+            kept = sorted(i for (t, i), ok in outcomes.items() if t == task and ok)[:quota]
+            for index in kept:
+                meta, frames = _load_staged(_staged_path(staging, task, index), with_frames=True)
+                episode_index = writer.add_episode(frames, instruction(task))
+                episodes_meta.append({"episode_index": episode_index, "task": task, "attempt": index, **meta})
+        attempts = {t: sum(1 for (name, _) in outcomes if name == t) for t in tasks}
+        writer.finalize({COLLECT_META: {"config": record, "attempts": attempts, "episodes": episodes_meta}})
+    except BaseException:
+        writer.abort()
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+    return root

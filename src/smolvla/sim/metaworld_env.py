@@ -1,0 +1,234 @@
+"""A Gymnasium wrapper around one Meta-World task with language, cameras, seeding and a step cap.
+
+Observations follow LeRobot's simulator convention:
+  `agent_pos` (4,) float32         end-effector xyz + gripper opening (what SmolVLA gets as `observation.state`)
+  `environment_state` (39,) float32  Meta-World's full state vector incl. object and goal (what the experts read)
+  `pixels` {camera: (H, W, 3) uint8}  one image per configured camera
+Actions are 4-D in [-1, 1] (end-effector xyz delta, gripper effort). An episode ends on success or at the step cap.
+
+Rendering is the slow part of simulation on a CPU. The default "fast" settings switch off multisampling, shadows and
+reflections (~10x faster than Meta-World's defaults under Mesa's llvmpipe); "lerobot" keeps the defaults and moves
+`corner2` to where LeRobot's Meta-World evaluation puts it, for comparable images.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import weakref
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from smolvla.errors import SmolVLAError
+from smolvla.sim.tasks import canonical, instruction
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo reads it at import: set it before anything imports mujoco
+
+try:
+    import gymnasium as gym
+except ImportError as e:  # pragma: no cover - depends on the install
+    raise SmolVLAError("the simulator needs the sim extra: pip install 'smolvla[sim]'") from e
+
+RENDER_SETTINGS = ("fast", "lerobot")
+STATE_NAMES = ["x", "y", "z", "gripper"]
+ACTION_NAMES = ["dx", "dy", "dz", "gripper"]
+LEROBOT_CORNER2_POS = (0.75, 0.075, 0.7)
+GL_HELP = (
+    "MuJoCo needs an offscreen OpenGL backend: run with MUJOCO_GL=egl (the default smolvla sets when the variable is "
+    "unset) and, on Debian/Ubuntu, install `libegl1 libegl-mesa0 libgl1-mesa-dri` (Mesa's software renderer works "
+    "without a GPU)"
+)
+
+
+_RENDERERS: weakref.WeakSet = weakref.WeakSet()
+
+
+def _close_renderers() -> None:
+    for renderer in list(_RENDERERS):
+        renderer.close()
+
+
+def _track(renderer) -> None:
+    """Close live renderers at exit *before* MuJoCo terminates EGL (its own atexit hook, registered at the first
+    context; atexit runs last-in first-out), else every process prints an EGL error while shutting down."""
+    if not _RENDERERS:
+        atexit.unregister(_close_renderers)
+        atexit.register(_close_renderers)
+    _RENDERERS.add(renderer)
+
+
+class SimError(SmolVLAError, RuntimeError):
+    """The simulator cannot be started or was given an invalid camera, action or setting."""
+
+
+@dataclass
+class MetaWorldConfig:
+    """One Meta-World task as a SmolVLA environment."""
+
+    task: str = "pick-place"
+    cameras: tuple[str, ...] = ("corner2", "gripperPOV")
+    image_size: int = 128  # square images, as SmolVLA resizes to a square anyway
+    max_steps: int = 500  # LeRobot's episode cap for Meta-World
+    render: str = "fast"  # "fast" or "lerobot"
+    success_terminates: bool = True
+
+    @classmethod
+    def lerobot(cls, task: str) -> MetaWorldConfig:
+        """LeRobot's evaluation set-up: one 480 px `corner2` view at its moved position, default render quality."""
+        return cls(task=task, cameras=("corner2",), image_size=480, render="lerobot")
+
+
+def _import_metaworld():
+    try:
+        import metaworld.env_dict
+        import metaworld.policies
+    except ImportError as e:
+        raise SimError(f"Meta-World is not installed: `pip install 'smolvla[sim]'` ({e})") from e
+    except (RuntimeError, AttributeError) as e:  # mujoco validates MUJOCO_GL at import
+        raise SimError(f"MuJoCo could not start with MUJOCO_GL={os.environ.get('MUJOCO_GL')!r}: {e}. {GL_HELP}") from e
+    return metaworld
+
+
+class MetaWorldEnv(gym.Env):
+    """One Meta-World task as a Gymnasium env; see the module docstring."""
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"]}
+
+    def __init__(self, config: MetaWorldConfig | None = None, **overrides: Any):
+        from gymnasium import spaces
+
+        self.render_mode = "rgb_array"
+        config = config or MetaWorldConfig()
+        for key, value in overrides.items():
+            if not hasattr(config, key):
+                raise SimError(f"unknown Meta-World env setting {key!r}")
+            setattr(config, key, value)
+        if config.render not in RENDER_SETTINGS:
+            raise SimError(f"render must be one of {RENDER_SETTINGS}, got {config.render!r}")
+        if config.image_size < 8 or config.max_steps < 1:
+            raise SimError(f"image_size must be >= 8 and max_steps >= 1, got {config.image_size}, {config.max_steps}")
+        self.config = config
+        self.task = canonical(config.task)
+        self.instruction = instruction(self.task)
+        metaworld = _import_metaworld()
+        sim = metaworld.env_dict.ALL_V3_ENVIRONMENTS[f"{self.task}-v3"]()
+        # Goal-observable multi-task mode (what MT1/MT10/MT50 use and the experts need), new goal at every reset
+        # drawn from the env's own seeded generator.
+        sim._partially_observable = False
+        del sim.sawyer_observation_space  # cached property: recomputed for the new observability
+        sim._freeze_rand_vec = False
+        sim.seeded_rand_vec = True
+        sim._set_task_called = True
+        sim.max_path_length = config.max_steps
+        self.sim = sim
+        self.fps = round(1.0 / (sim.model.opt.timestep * sim.frame_skip))
+        self.cameras = tuple(config.cameras)
+        known = [sim.model.camera(i).name for i in range(sim.model.ncam)]
+        bad = [c for c in self.cameras if c not in known]
+        if bad:
+            raise SimError(f"unknown camera(s) {bad} for Meta-World; valid cameras: {known}")
+        self._renderer = self._make_renderer() if self.cameras else None
+
+        size = config.image_size
+        self.action_space = spaces.Box(-1.0, 1.0, shape=(4,), dtype=np.float32)
+        self.observation_space = spaces.Dict(
+            {
+                "agent_pos": spaces.Box(-np.inf, np.inf, shape=(4,), dtype=np.float32),
+                "environment_state": spaces.Box(-np.inf, np.inf, shape=(39,), dtype=np.float32),
+                "pixels": spaces.Dict(
+                    {c: spaces.Box(0, 255, shape=(size, size, 3), dtype=np.uint8) for c in self.cameras}
+                ),
+            }
+        )
+        self.metadata = {**self.metadata, "render_fps": self.fps}
+        self.render_pixels = True  # False skips rendering (observations then have no pixels): for blind agents
+        self._steps = 0
+
+    def _make_renderer(self):
+        import mujoco
+
+        model, size = self.sim.model, self.config.image_size
+        if self.config.render == "fast":
+            model.vis.quality.offsamples = 0
+        else:
+            model.cam_pos[model.camera("corner2").id] = LEROBOT_CORNER2_POS
+        model.vis.global_.offwidth = max(model.vis.global_.offwidth, size)
+        model.vis.global_.offheight = max(model.vis.global_.offheight, size)
+        try:
+            renderer = mujoco.Renderer(model, size, size)
+        except Exception as e:  # each GL backend fails differently (AttributeError, RuntimeError, mujoco.FatalError)
+            raise SimError(
+                f"offscreen rendering failed with MUJOCO_GL={os.environ.get('MUJOCO_GL')!r} "
+                f"({type(e).__name__}: {e}). {GL_HELP}"
+            ) from e
+        _track(renderer)
+        if self.config.render == "fast":
+            renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+            renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+        return renderer
+
+    # --- gymnasium API ---
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
+        """New episode; the object and goal placement is a pure function of `seed`."""
+        super().reset(seed=seed)
+        if seed is None:
+            seed = int(self.np_random.integers(2**31))
+        self.sim.seed(int(seed))
+        state, _ = self.sim.reset()
+        self._steps = 0
+        return self._observation(state), {"task": self.task, "instruction": self.instruction, "seed": int(seed)}
+
+    def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
+        action = np.asarray(action, dtype=np.float32).reshape(-1)
+        if action.shape != (4,) or not np.isfinite(action).all():
+            raise SimError(f"Meta-World actions are 4 finite numbers, got {np.asarray(action).tolist()}")
+        if self._steps >= self.config.max_steps:
+            raise SimError("the episode is over (step cap reached): call reset()")
+        state, reward, _, _, info = self.sim.step(np.clip(action, -1.0, 1.0))
+        self._steps += 1
+        success = bool(info["success"])
+        terminated = success and self.config.success_terminates
+        truncated = not terminated and self._steps >= self.config.max_steps
+        info = {**info, "success": success, "steps": self._steps}
+        return self._observation(state), float(reward), terminated, truncated, info
+
+    def render(self) -> np.ndarray:
+        """The configured cameras side by side, (H, W * n_cameras, 3) uint8."""
+        if not self.cameras:
+            raise SimError("render() needs at least one camera in MetaWorldConfig.cameras")
+        return np.concatenate(list(self._pixels().values()), axis=1)
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            _RENDERERS.discard(self._renderer)
+            self._renderer = None
+        self.sim.close()
+
+    # --- observations ---
+    def _pixels(self) -> dict[str, np.ndarray]:
+        out = {}
+        for camera in self.cameras:
+            self._renderer.update_scene(self.sim.data, camera=camera)
+            image = self._renderer.render()
+            if camera.startswith("corner"):  # Meta-World's corner cameras are mounted upside down
+                image = image[::-1, ::-1]
+            out[camera] = np.ascontiguousarray(image)
+        return out
+
+    def _observation(self, state: np.ndarray) -> dict[str, Any]:
+        state = state.astype(np.float32)
+        pixels = self._pixels() if self.render_pixels else {}
+        return {"agent_pos": state[:4].copy(), "environment_state": state, "pixels": pixels}
+
+    def dataset_features(self) -> dict[str, dict[str, Any]]:
+        """LeRobot feature specs of what this env records: state, full state, action and one video per camera."""
+        size = self.config.image_size
+        return {
+            "observation.state": {"dtype": "float32", "shape": [4], "names": STATE_NAMES},
+            "observation.environment_state": {"dtype": "float32", "shape": [39], "names": None},
+            "action": {"dtype": "float32", "shape": [4], "names": ACTION_NAMES},
+            **{f"observation.images.{c}": {"dtype": "video", "shape": [size, size, 3]} for c in self.cameras},
+        }
