@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The README's test command: install with the dev extra, lint, run the test suite.
+# The README's test command: install with the dev and sim extras, lint, run the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh dev
+bash scripts/setup.sh dev,sim
 export OMP_WAIT_POLICY=PASSIVE
 .venv/bin/ruff check src tests benchmarks
 .venv/bin/python -m pytest -q "$@"

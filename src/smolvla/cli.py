@@ -1,18 +1,33 @@
-"""`smolvla` command line. Flags take LeRobot's `--name=value` form.
+"""`smolvla` command line. Flags take LeRobot's draccus form: `--name=value`, nested `--env.task=push`.
 
 Commands:
-  smoke   build a tiny policy, train it briefly on synthetic demonstrations, sample a chunk, save and reload it:
-          a two-minute check that an install works end to end (the README's main job until `smolvla demo` lands).
+  smoke    build a tiny policy, train it briefly on synthetic demonstrations, sample a chunk, save and reload it:
+           a two-minute check that an install works end to end.
+  collect  run Meta-World's scripted experts and write their successful episodes as a LeRobot v3.0 dataset.
+  eval     run a policy (a checkpoint, `expert` or `random`) closed-loop on Meta-World tasks: success per task and
+           difficulty, episode length, chunk latency; JSON, a bar chart and rollout videos.
+
+`smolvla <command> --help` lists a command's flags with their defaults.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+
+@dataclass
+class SmokeConfig:
+    steps: int = 200
+    batch_size: int = 8
+    lr: float = 1e-3
+    seed: int = 0
+    threads: int = 2
+    output_dir: str = "outputs/smoke"
 
 
 def _synthetic_batch(policy, batch_size: int, generator):
@@ -36,7 +51,7 @@ def _synthetic_batch(policy, batch_size: int, generator):
     return batch
 
 
-def smoke(args: argparse.Namespace) -> int:
+def smoke(args: SmokeConfig) -> int:
     import torch
 
     from smolvla import SmolVLAPolicy
@@ -92,24 +107,65 @@ def smoke(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="smolvla", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("smoke", help="train a tiny policy on synthetic data, sample, save, reload")
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--output_dir", default="outputs/smoke")
-    p.set_defaults(func=smoke)
-    return parser
+def collect(config) -> int:
+    from smolvla.data.meta import load_meta
+    from smolvla.sim.collect import collect as run
+
+    root = run(config)
+    meta = load_meta(root)
+    print(f"wrote {len(meta.length)} episodes, {int(meta.length.sum())} frames, {len(meta.tasks)} tasks to {root}")
+    return 0
+
+
+def evaluate(config) -> int:
+    from smolvla.eval.evaluate import evaluate as run
+
+    summary = run(config)
+    print(f"results: {Path(config.output_dir) / 'eval_info.json'}  chart: {summary['chart']}")
+    for video in summary["videos"]:
+        print(f"video: {video}")
+    return 0
+
+
+def _configs():
+    """Command → (default config factory, runner); configs import lazily so `smolvla --help` stays fast."""
+
+    def collect_config():
+        from smolvla.sim.collect import CollectConfig
+
+        return CollectConfig()
+
+    def eval_config():
+        from smolvla.eval.evaluate import EvalConfig
+
+        return EvalConfig()
+
+    return {"smoke": (SmokeConfig, smoke), "collect": (collect_config, collect), "eval": (eval_config, evaluate)}
 
 
 def main(argv: list[str] | None = None) -> int:
+    from smolvla.configs import apply_flags, describe
+    from smolvla.errors import SmolVLAError
+
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    commands = _configs()
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    name, flags = argv[0], argv[1:]
+    if name not in commands:
+        print(f"smolvla: unknown command {name!r}; commands: {', '.join(commands)}", file=sys.stderr)
+        return 2
+    make_config, run = commands[name]
+    if any(flag in ("-h", "--help") for flag in flags):
+        print(f"smolvla {name} flags (defaults):\n{describe(make_config())}")
+        return 0
+    try:
+        return run(apply_flags(make_config(), flags))
+    except SmolVLAError as e:
+        print(f"smolvla {name}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

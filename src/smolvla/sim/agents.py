@@ -14,8 +14,6 @@ import numpy as np
 from smolvla.sim.tasks import INSTRUCTIONS, canonical
 
 _TASK_OF_INSTRUCTION = {text: name for name, text in INSTRUCTIONS.items()}
-# The experts' proportional controllers warn on every saturated step; the env clips anyway.
-warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high")
 
 
 class ExpertAgent:
@@ -52,7 +50,9 @@ class ExpertAgent:
                 f"the expert needs a known Meta-World instruction in observation['task'], got "
                 f"{observation.get('task')!r}"
             )
-        action = np.asarray(self._expert(task).get_action(observation["environment_state"]), dtype=np.float32)
+        with warnings.catch_warnings():  # the experts warn on every saturated step; the env clips anyway
+            warnings.simplefilter("ignore", UserWarning)
+            action = np.asarray(self._expert(task).get_action(observation["environment_state"]), dtype=np.float32)
         if self.noise_std > 0:
             action = action + self._rng.normal(0.0, self.noise_std, size=action.shape).astype(np.float32)
         return np.clip(action, -1.0, 1.0)

@@ -23,7 +23,7 @@ import numpy as np
 
 from smolvla.errors import ConfigError
 from smolvla.sim.agents import ExpertAgent
-from smolvla.sim.metaworld_env import MetaWorldConfig, MetaWorldEnv
+from smolvla.sim.metaworld_env import MetaWorldConfig, MetaWorldEnv, SimError
 from smolvla.sim.rollout import Episode, Job, episode_seed, run_jobs
 from smolvla.sim.tasks import instruction, resolve_tasks
 
@@ -139,7 +139,7 @@ def collect(config: CollectConfig, progress: bool = True) -> Path:
     short = {t: sum(ok for (name, _), ok in outcomes.items() if name == t) for t in tasks}
     short = {t: n for t, n in short.items() if n < quota}
     if short:
-        raise RuntimeError(f"the expert reached fewer than {quota} successes in {cap} attempts on: {short}")
+        raise SimError(f"the expert reached fewer than {quota} successes in {cap} attempts on: {short}")
 
     episodes_meta = []
     writer = DatasetWriter(root, fps, features, robot_type="sawyer", overwrite=config.overwrite)

@@ -84,9 +84,9 @@ def _import_metaworld():
     try:
         import metaworld.env_dict
         import metaworld.policies
-    except ImportError as e:
-        raise SimError(f"Meta-World is not installed: `pip install 'smolvla[sim]'` ({e})") from e
-    except (RuntimeError, AttributeError) as e:  # mujoco validates MUJOCO_GL at import
+    except ModuleNotFoundError as e:
+        raise SimError(f"Meta-World is not installed (no module {e.name!r}): pip install 'smolvla[sim]'") from e
+    except (ImportError, RuntimeError, AttributeError) as e:  # mujoco / PyOpenGL validate the GL platform at import
         raise SimError(f"MuJoCo could not start with MUJOCO_GL={os.environ.get('MUJOCO_GL')!r}: {e}. {GL_HELP}") from e
     return metaworld
 
@@ -177,6 +177,10 @@ class MetaWorldEnv(gym.Env):
             seed = int(self.np_random.integers(2**31))
         self.sim.seed(int(seed))
         state, _ = self.sim.reset()
+        # Meta-World moves the goal marker only inside step(): without this the first image of an episode shows
+        # the previous episode's goal, so the same seed would render differently depending on history.
+        for site, position in self.sim._target_site_config:
+            self.sim._set_pos_site(site, position)
         self._steps = 0
         return self._observation(state), {"task": self.task, "instruction": self.instruction, "seed": int(seed)}
 

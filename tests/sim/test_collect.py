@@ -1,0 +1,87 @@
+import json
+
+import numpy as np
+import pytest
+
+from smolvla.data import LeRobotDataset
+from smolvla.data.meta import read_parquet
+from smolvla.errors import ConfigError
+from smolvla.sim import collect as collect_module
+from smolvla.sim.collect import COLLECT_META, CollectConfig, collect
+from smolvla.sim.metaworld_env import MetaWorldConfig, MetaWorldEnv
+from smolvla.sim.tasks import instruction
+
+
+def small_config(root, **overrides) -> CollectConfig:
+    env = MetaWorldConfig(task="reach,push", cameras=("corner2", "gripperPOV"), image_size=32, max_steps=150)
+    settings = {"episodes_per_task": 2, "noise_std": 0.1, **overrides}
+    return CollectConfig(env=env, output_dir=str(root), **settings)
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory):
+    return collect(small_config(tmp_path_factory.mktemp("collect") / "demos"), progress=False)
+
+
+def test_dataset_loads_with_our_reader(collected):
+    dataset = LeRobotDataset(collected)
+    meta = dataset.meta
+    assert len(meta.length) == 4 and meta.tasks == [instruction("reach"), instruction("push")]
+    assert meta.info["fps"] == 80 and meta.info["robot_type"] == "sawyer"
+    item = dataset[0]
+    assert item["task"] == instruction("reach")
+    assert item["observation.images.corner2"].shape == (3, 32, 32)
+    assert item["observation.state"].shape == (4,) and item["action"].shape == (4,)
+    record = json.loads((collected / "meta" / COLLECT_META).read_text())
+    assert [e["task"] for e in record["episodes"]] == ["reach", "reach", "push", "push"]
+    assert all(e["success"] for e in record["episodes"])
+    assert not collected.with_name("demos.partial").exists()
+
+
+def test_replaying_recorded_actions_reproduces_success(collected):
+    table = read_parquet(collected / "data" / "chunk-000" / "file-000.parquet")
+    record = json.loads((collected / "meta" / COLLECT_META).read_text())
+    actions = np.stack(table.column("action").to_numpy(zero_copy_only=False))
+    states = np.stack(table.column("observation.state").to_numpy(zero_copy_only=False))
+    episode_index = table.column("episode_index").to_numpy()
+    for episode in record["episodes"]:
+        rows = episode_index == episode["episode_index"]
+        with MetaWorldEnv(task=episode["task"], cameras=(), max_steps=150) as env:
+            obs, _ = env.reset(seed=episode["seed"])
+            for t, action in enumerate(actions[rows]):
+                np.testing.assert_allclose(obs["agent_pos"], states[rows][t], atol=1e-6)
+                obs, _, terminated, _, info = env.step(action)
+            assert terminated and info["success"]  # success exactly at the last recorded step
+            assert rows.sum() == episode["length"]
+
+
+def test_interrupted_collection_resumes_to_the_same_dataset(collected, tmp_path, monkeypatch):
+    """Kill after 2 staged episodes, resume with 2 workers: the dataset equals the uninterrupted 1-worker one."""
+    root = tmp_path / "demos"
+    real_stage, staged = collect_module._stage, []
+
+    def stage_then_die(staging, episode):
+        real_stage(staging, episode)
+        staged.append(episode)
+        if len(staged) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(collect_module, "_stage", stage_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        collect(small_config(root), progress=False)
+    monkeypatch.setattr(collect_module, "_stage", real_stage)
+    assert not root.exists() and len(list(root.with_name("demos.partial").glob("*.npz"))) == 2
+
+    with pytest.raises(ConfigError, match="different config"):
+        collect(small_config(root, noise_std=0.3), progress=False)
+    collect(small_config(root, num_workers=2), progress=False)
+    for name in ("data/chunk-000/file-000.parquet", "meta/stats.json"):
+        if name.endswith(".json"):
+            assert json.loads((root / name).read_text()) == json.loads((collected / name).read_text())
+        else:
+            assert read_parquet(root / name).equals(read_parquet(collected / name))
+
+
+def test_existing_output_is_not_overwritten(collected):
+    with pytest.raises(ConfigError, match="already exists"):
+        collect(small_config(collected), progress=False)

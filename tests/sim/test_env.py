@@ -1,0 +1,119 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from smolvla.sim.agents import ExpertAgent, RandomAgent
+from smolvla.sim.metaworld_env import MetaWorldConfig, MetaWorldEnv, SimError
+from smolvla.sim.rollout import episode_seed, run_episode
+
+
+@pytest.fixture(scope="module")
+def env():
+    env = MetaWorldEnv(MetaWorldConfig(task="push", cameras=("corner2", "gripperPOV"), image_size=32, max_steps=60))
+    yield env
+    env.close()
+
+
+def test_observation_and_spaces(env):
+    obs, info = env.reset(seed=3)
+    assert info == {"task": "push", "instruction": "Push the puck to the goal.", "seed": 3}
+    assert env.observation_space.contains(obs)
+    assert obs["agent_pos"].shape == (4,) and obs["environment_state"].shape == (39,)
+    assert np.array_equal(obs["agent_pos"], obs["environment_state"][:4])
+    assert {k: v.shape for k, v in obs["pixels"].items()} == {"corner2": (32, 32, 3), "gripperPOV": (32, 32, 3)}
+    assert env.render().shape == (32, 64, 3)
+    assert env.fps == 80
+
+
+@pytest.mark.filterwarnings("ignore:.*infinity")  # state bounds are unbounded by design
+def test_gymnasium_env_checker():
+    from gymnasium.utils.env_checker import check_env
+
+    with MetaWorldEnv(task="reach", cameras=("topview",), image_size=16, max_steps=20) as env:
+        check_env(env, skip_render_check=True)
+
+
+def test_same_seed_same_trajectory_different_seed_different_goal(env):
+    seed, other_seed = episode_seed(0, "push", 1), episode_seed(0, "push", 0)
+    with MetaWorldEnv(MetaWorldConfig(task="push", image_size=32, max_steps=60)) as fresh:
+        first = run_episode(fresh, ExpertAgent(noise_std=0.2), seed=seed, record=True)
+    run_episode(env, ExpertAgent(), seed=other_seed)  # history (e.g. the last goal marker) must not matter
+    again = run_episode(env, ExpertAgent(noise_std=0.2), seed=seed, record=True)
+    assert again.length == first.length
+    for key in ("observation.environment_state", "action", "observation.images.corner2"):
+        np.testing.assert_array_equal(again.frames[key], first.frames[key])
+    goal = lambda seed: env.reset(seed=seed)[0]["environment_state"][-3:]  # noqa: E731
+    assert not np.allclose(goal(seed), goal(other_seed))
+
+
+def test_corner_cameras_are_turned_upright(env):
+    import mujoco
+
+    env.reset(seed=0)
+    raw = mujoco.Renderer(env.sim.model, 32, 32)
+    raw.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+    raw.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+    raw.update_scene(env.sim.data, camera="corner2")
+    upside_down = raw.render()
+    raw.close()
+    obs = env._observation(env.sim._get_obs())
+    # MuJoCo renders Meta-World's corner cameras upside down (checked by eye on the rollout videos); both axes flip.
+    np.testing.assert_array_equal(obs["pixels"]["corner2"], upside_down[::-1, ::-1])
+
+
+def test_step_cap_and_success_flags():
+    with MetaWorldEnv(task="reach", cameras=(), max_steps=5) as env:
+        env.reset(seed=0)
+        for _ in range(4):
+            _, _, terminated, truncated, info = env.step(np.zeros(4))
+            assert not terminated and not truncated and info["success"] is False
+        assert env.step(np.zeros(4))[3] is True
+        with pytest.raises(SimError, match="reset"):
+            env.step(np.zeros(4))
+        env.reset(seed=0)
+        with pytest.raises(SimError, match="4 finite numbers"):
+            env.step(np.array([0.0, np.nan, 0.0, 0.0]))
+        with pytest.raises(SimError, match="4 finite numbers"):
+            env.step(np.zeros(3))
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(SimError) as err:
+        MetaWorldEnv(task="reach", cameras=("wrist",))
+    assert "'wrist'" in str(err.value) and "gripperPOV" in str(err.value) and "corner2" in str(err.value)
+    with pytest.raises(SimError, match="render must be one of"):
+        MetaWorldEnv(task="reach", render="pretty")
+    with pytest.raises(SimError, match="unknown Meta-World env setting 'camera'"):
+        MetaWorldEnv(task="reach", camera="corner2")
+
+
+def test_lerobot_settings_move_corner2():
+    config = MetaWorldConfig.lerobot("reach")
+    assert (config.image_size, config.cameras, config.render) == (480, ("corner2",), "lerobot")
+    with MetaWorldEnv(config, image_size=24) as env:
+        np.testing.assert_allclose(env.sim.model.cam_pos[env.sim.model.camera("corner2").id], (0.75, 0.075, 0.7))
+        assert env.sim.model.vis.quality.offsamples > 0  # default quality kept
+        assert env.reset(seed=0)[0]["pixels"]["corner2"].shape == (24, 24, 3)
+
+
+@pytest.mark.parametrize("backend", ["osmesa", "not-a-backend"])
+def test_missing_gl_backend_explains_the_fix(backend):
+    code = (
+        "from smolvla.sim.metaworld_env import MetaWorldEnv, SimError\n"
+        "try:\n    MetaWorldEnv(task='reach', cameras=('corner2',), image_size=16)\n"
+        "except SimError as e:\n    print(e)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYOPENGL_PLATFORM"}  # set by this process's mujoco import
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "MUJOCO_GL": backend}, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert backend in out.stdout and "MUJOCO_GL=egl" in out.stdout and "libegl1 libegl-mesa0" in out.stdout
+
+
+def test_blind_agents_skip_rendering(env):
+    episode = run_episode(env, RandomAgent(), seed=0)
+    assert episode.frames is None
+    assert env.reset(seed=0)[0]["pixels"] == {}  # rendering stays off until an agent that looks needs it
+    env.render_pixels = True
