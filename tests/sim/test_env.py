@@ -107,7 +107,9 @@ def test_missing_gl_backend_explains_the_fix(backend):
         "except SimError as e:\n    print(e)\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYOPENGL_PLATFORM"}  # set by this process's mujoco import
-    out = subprocess.run([sys.executable, "-c", code], env={**env, "MUJOCO_GL": backend}, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**env, "MUJOCO_GL": backend}, capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
     assert backend in out.stdout and "MUJOCO_GL=egl" in out.stdout and "libegl1 libegl-mesa0" in out.stdout
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,8 +86,18 @@ def summarize(episodes: list[Episode], tasks: list[str]) -> dict[str, Any]:
     return {"overall": overall, "per_difficulty": per_difficulty, "per_task": per_task, "episodes": per_episode}
 
 
+@dataclass(frozen=True)
+class _Given:
+    """Factory returning a ready agent object (pickled to each worker when there are several)."""
+
+    agent: Any
+
+    def __call__(self) -> Any:
+        return self.agent
+
+
 def run_evaluation(
-    make_agent: Callable[[], Any],
+    agent: Any,
     env: MetaWorldConfig,
     tasks: list[str],
     n_episodes: int,
@@ -97,7 +106,12 @@ def run_evaluation(
     videos_per_task: int = 0,
     progress: bool = False,
 ) -> tuple[dict[str, Any], list[Episode]]:
-    """Roll out `n_episodes` per task; returns the summary and the episodes (frames only for the video ones)."""
+    """Roll out `n_episodes` per task; returns the summary and the episodes (frames only for the video ones).
+
+    `agent` is an agent (anything with `select_action`) or a zero-argument factory of one (e.g. `AgentFactory`),
+    which worker processes call to build their own copy.
+    """
+    make_agent = _Given(agent) if hasattr(agent, "select_action") else agent
     if n_episodes < 1:
         raise ConfigError(f"n_episodes must be >= 1, got {n_episodes}")
     if videos_per_task and not env.cameras:
@@ -125,12 +139,12 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
         agent = factory()  # load once here to read the cameras and image size it was trained with
         env.cameras = tuple(agent.cameras.values())
         env.image_size = agent.image_size or env.image_size
-        make_agent: Callable[[], Any] = factory if config.eval.num_workers > 1 else (lambda: agent)
+        target: Any = factory if config.eval.num_workers > 1 else agent
     else:
-        make_agent = factory
+        target = factory
     start = time.perf_counter()
     summary, episodes = run_evaluation(
-        make_agent, env, tasks, config.eval.n_episodes, config.seed, config.eval.num_workers,
+        target, env, tasks, config.eval.n_episodes, config.seed, config.eval.num_workers,
         config.eval.videos_per_task, progress,
     )  # fmt: skip
     summary["wall_s"] = round(time.perf_counter() - start, 2)
