@@ -70,11 +70,14 @@ def test_interrupted_collection_resumes_to_the_same_dataset(collected, tmp_path,
     with pytest.raises(KeyboardInterrupt):
         collect(small_config(root), progress=False)
     monkeypatch.setattr(collect_module, "_stage", real_stage)
-    assert not root.exists() and len(list(root.with_name("demos.partial").glob("*.npz"))) == 2
+    staging = root.with_name("demos.partial")
+    assert not root.exists() and len(list(staging.glob("*.npz"))) == 2
+    (staging / "push__000001.tmp.npz").write_bytes(b"torn")  # a kill in the middle of staging a file
 
     with pytest.raises(ConfigError, match="different config"):
         collect(small_config(root, noise_std=0.3), progress=False)
     collect(small_config(root, num_workers=2), progress=False)
+    assert not staging.exists()
     for name in ("data/chunk-000/file-000.parquet", "meta/stats.json"):
         if name.endswith(".json"):
             assert json.loads((root / name).read_text()) == json.loads((collected / name).read_text())

@@ -81,11 +81,35 @@ def _config_record(config: CollectConfig, tasks: list[str]) -> dict[str, Any]:
     return json.loads(json.dumps(record))
 
 
+def _successes(outcomes: dict[tuple[str, int], bool], task: str) -> int:
+    return sum(ok for (name, _), ok in outcomes.items() if name == task)
+
+
+def _open_staging(staging: Path, record: dict[str, Any]) -> dict[tuple[str, int], bool]:
+    """Create the staging directory, or check an interrupted one matches; returns its episodes' outcomes."""
+    if not staging.exists():
+        staging.mkdir(parents=True)
+        (staging / "config.json").write_text(json.dumps(record, indent=2))
+        return {}
+    saved = json.loads((staging / "config.json").read_text()) if (staging / "config.json").exists() else None
+    if saved != record:
+        raise ConfigError(
+            f"{staging} holds an interrupted collection with a different config; delete it to start over "
+            f"(saved: {saved}, now: {record})"
+        )
+    outcomes = {}
+    for path in staging.glob("*__*.npz"):
+        if path.name.endswith(".tmp.npz"):  # killed while writing it
+            path.unlink()
+            continue
+        task, index = path.stem.rsplit("__", 1)
+        outcomes[(task, int(index))] = _load_staged(path, with_frames=False)[0]["success"]
+    return outcomes
+
+
 def collect(config: CollectConfig, progress: bool = True) -> Path:
     """Run the experts until each task has `episodes_per_task` successes; write and return the dataset root."""
     from tqdm import tqdm
-
-    from smolvla.data.writer import DatasetWriter
 
     tasks = resolve_tasks(config.env.task)
     if config.episodes_per_task < 1 or config.max_attempts_factor < 1:
@@ -93,40 +117,25 @@ def collect(config: CollectConfig, progress: bool = True) -> Path:
     root = Path(config.output_dir)
     if root.exists() and not config.overwrite:
         raise ConfigError(f"{root} already exists; pass --overwrite=true or choose another --output_dir")
-    probe = MetaWorldEnv(dataclasses.replace(config.env, task=tasks[0]))  # validates cameras / GL before any work
+    probe = MetaWorldEnv(dataclasses.replace(config.env, task=tasks[0]))  # bad camera / GL: fail before any work
     features, fps = probe.dataset_features(), probe.fps
     probe.close()
 
     staging = root.with_name(root.name + ".partial")
     record = _config_record(config, tasks)
-    if staging.exists():
-        saved = json.loads((staging / "config.json").read_text()) if (staging / "config.json").exists() else None
-        if saved != record:
-            raise ConfigError(
-                f"{staging} holds an interrupted collection with a different config; delete it to start over "
-                f"(saved: {saved}, now: {record})"
-            )
-    else:
-        staging.mkdir(parents=True)
-        (staging / "config.json").write_text(json.dumps(record, indent=2))
-
-    quota, cap = config.episodes_per_task, config.episodes_per_task * config.max_attempts_factor
-    outcomes: dict[tuple[str, int], bool] = {}
-    for path in staging.glob("*__*.npz"):
-        task, index = path.stem.rsplit("__", 1)
-        outcomes[(task, int(index))] = _load_staged(path, with_frames=False)[0]["success"]
+    outcomes = _open_staging(staging, record)
     if outcomes and progress:
         print(f"resuming: {len(outcomes)} episodes already staged in {staging}", file=sys.stderr)
 
+    quota, cap = config.episodes_per_task, config.episodes_per_task * config.max_attempts_factor
     bar = tqdm(total=quota * len(tasks), desc="demos", unit="ep", disable=not progress)
-    bar.update(sum(min(quota, sum(ok for (t, _), ok in outcomes.items() if t == task)) for task in tasks))
+    bar.update(sum(min(quota, _successes(outcomes, task)) for task in tasks))
     factory = _ExpertFactory(config.noise_std)
     while True:
         jobs = []
         for task in tasks:  # the lowest untried attempt indices: the kept set never depends on interruptions
-            wanted = quota - sum(ok for (t, _), ok in outcomes.items() if t == task)
             untried = (i for i in range(cap) if (task, i) not in outcomes)
-            for index in itertools.islice(untried, max(wanted, 0)):
+            for index in itertools.islice(untried, max(quota - _successes(outcomes, task), 0)):
                 jobs.append(Job(task, index, episode_seed(config.seed, task, index), record=True))
         if not jobs:
             break
@@ -136,24 +145,39 @@ def collect(config: CollectConfig, progress: bool = True) -> Path:
             bar.update(int(episode.success))
     bar.close()
 
-    short = {t: sum(ok for (name, _), ok in outcomes.items() if name == t) for t in tasks}
-    short = {t: n for t, n in short.items() if n < quota}
+    short = {task: _successes(outcomes, task) for task in tasks if _successes(outcomes, task) < quota}
     if short:
         raise SimError(f"the expert reached fewer than {quota} successes in {cap} attempts on: {short}")
+    _write_dataset(root, features, fps, tasks, quota, outcomes, staging, record, config.overwrite)
+    shutil.rmtree(staging, ignore_errors=True)
+    return root
+
+
+def _write_dataset(
+    root: Path,
+    features: dict[str, Any],
+    fps: int,
+    tasks: list[str],
+    quota: int,
+    outcomes: dict[tuple[str, int], bool],
+    staging: Path,
+    record: dict[str, Any],
+    overwrite: bool,
+) -> None:
+    """The first `quota` successful attempts of each task, in task order, as one atomic dataset."""
+    from smolvla.data.writer import DatasetWriter
 
     episodes_meta = []
-    writer = DatasetWriter(root, fps, features, robot_type="sawyer", overwrite=config.overwrite)
+    writer = DatasetWriter(root, fps, features, robot_type="sawyer", overwrite=overwrite)
     try:
         for task in tasks:
-            kept = sorted(i for (t, i), ok in outcomes.items() if t == task and ok)[:quota]
+            kept = sorted(i for (name, i), ok in outcomes.items() if name == task and ok)[:quota]
             for index in kept:
                 meta, frames = _load_staged(_staged_path(staging, task, index), with_frames=True)
                 episode_index = writer.add_episode(frames, instruction(task))
                 episodes_meta.append({"episode_index": episode_index, "task": task, "attempt": index, **meta})
-        attempts = {t: sum(1 for (name, _) in outcomes if name == t) for t in tasks}
+        attempts = {task: sum(1 for (name, _) in outcomes if name == task) for task in tasks}
         writer.finalize({COLLECT_META: {"config": record, "attempts": attempts, "episodes": episodes_meta}})
     except BaseException:
         writer.abort()
         raise
-    shutil.rmtree(staging, ignore_errors=True)
-    return root
