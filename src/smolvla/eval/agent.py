@@ -57,6 +57,13 @@ class SmolVLAAgent:
         self.policy.reset()
 
     def select_action(self, observation: dict[str, Any]) -> np.ndarray:
+        # Observations are only read when a new chunk is due: the other calls dequeue, so skip their preprocessing.
+        self.new_chunk = self.policy.will_predict
+        batch = self.preprocessor(self._batch(observation)) if self.new_chunk else {}
+        action = self.policy.select_action(batch)
+        return self.postprocessor({"action": action})["action"][0].numpy()
+
+    def _batch(self, observation: dict[str, Any]) -> dict[str, Any]:
         import torch
 
         pixels = observation.get("pixels", {})
@@ -71,9 +78,7 @@ class SmolVLAAgent:
                     f"set --env.cameras to include it"
                 )
             batch[key] = torch.from_numpy(np.ascontiguousarray(pixels[camera])).permute(2, 0, 1).float() / 255.0
-        self.new_chunk = self.policy.will_predict
-        action = self.policy.select_action(self.preprocessor(batch))
-        return self.postprocessor({"action": action})["action"][0].numpy()
+        return batch
 
 
 @dataclass(frozen=True)
