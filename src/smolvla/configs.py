@@ -17,9 +17,10 @@ from smolvla.errors import ConfigError
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
 
-def _fields(cls: type) -> dict[str, tuple[Any, Any]]:
+def _fields(cls: type) -> dict[str, Any]:
+    """Settable field name → annotated type."""
     hints = typing.get_type_hints(cls)
-    return {f.name: (hints[f.name], f) for f in dataclasses.fields(cls) if f.init}
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
 
 
 def flag_names(config: Any, prefix: str = "") -> list[str]:
@@ -83,7 +84,7 @@ def set_field(config: Any, dotted: str, text: str, prefix: str = "") -> None:
     if target not in fields:
         valid = ", ".join("--" + n for n in flag_names(config, prefix))
         raise ConfigError(f"unknown flag --{prefix}{dotted}; valid flags: {valid}")
-    kind, _ = fields[target]
+    kind = fields[target]
     current = getattr(config, target)
     if rest:
         if not dataclasses.is_dataclass(current):

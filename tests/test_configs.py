@@ -1,0 +1,55 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from smolvla.cli import main
+from smolvla.configs import apply_flags, describe, flag_names
+from smolvla.errors import ConfigError
+
+
+@dataclass
+class Inner:
+    task: str = "reach"
+    cameras: tuple[str, ...] = ("a", "b")
+    flag: bool = True
+
+
+@dataclass
+class Outer:
+    env: Inner = field(default_factory=Inner)
+    steps: int = 3
+    lr: float | None = None
+
+
+def test_nested_typed_flags():
+    config = apply_flags(Outer(), ["--env.task=push", "--env.cameras=x,y,z", "--env.flag", "false", "--lr=1e-3"])
+    assert config == Outer(Inner("push", ("x", "y", "z"), False), 3, 1e-3)
+    assert apply_flags(Outer(lr=0.1), ["--lr=none", "--steps=7"]) == Outer(steps=7, lr=None)
+    assert flag_names(Outer()) == ["env.task", "env.cameras", "env.flag", "steps", "lr"]
+    assert "  --env.cameras=a,b" in describe(Outer()).splitlines()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--env.tsk=push"], "unknown flag --env.tsk; valid flags: --env.task, --env.cameras, --env.flag"),
+        (["--env=push"], "--env is a group; set its fields: --env.task"),
+        (["--steps=three"], "--steps: expected int, got 'three'"),
+        (["--env.flag=maybe"], "--env.flag: expected bool"),
+        (["--steps"], "flag --steps has no value"),
+        (["steps=3"], "unexpected argument 'steps=3'"),
+        (["--steps.x=1"], "steps has no sub-settings"),
+    ],
+)
+def test_bad_flags_are_named(argv, message):
+    with pytest.raises(ConfigError) as err:
+        apply_flags(Outer(), argv)
+    assert message in str(err.value)
+
+
+def test_cli_reports_bad_flags_with_exit_code_2(capsys):
+    assert main(["eval", "--eval.bogus=1"]) == 2
+    assert "unknown flag --eval.bogus" in capsys.readouterr().err
+    assert main(["collect", "--help"]) == 0
+    assert "--env.task=mt10" in capsys.readouterr().out
+    assert main(["train-everything"]) == 2
