@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from smolvla.sim.agents import ExpertAgent, RandomAgent
-from smolvla.sim.metaworld_env import MetaWorldConfig, MetaWorldEnv, SimError
+from smolvla.sim.metaworld_env import CONTROL_FPS, MetaWorldConfig, MetaWorldEnv, SimError
 from smolvla.sim.rollout import episode_seed, run_episode
 
 
@@ -25,7 +25,7 @@ def test_observation_and_spaces(env):
     assert np.array_equal(obs["agent_pos"], obs["environment_state"][:4])
     assert {k: v.shape for k, v in obs["pixels"].items()} == {"corner2": (32, 32, 3), "gripperPOV": (32, 32, 3)}
     assert env.render().shape == (32, 64, 3)
-    assert env.fps == 80
+    assert env.fps == CONTROL_FPS == 80
 
 
 @pytest.mark.filterwarnings("ignore:.*infinity")  # state bounds are unbounded by design

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from smolvla.sim.metaworld_env import MetaWorldConfig
+from smolvla.sim.metaworld_env import CONTROL_FPS, MetaWorldConfig
 from smolvla.sim.rollout import Episode
 
 # H.264 plays in every browser and notebook; AV1 (the dataset codec) does not everywhere yet.
@@ -18,14 +18,15 @@ def write_videos(episodes: list[Episode], env: MetaWorldConfig, directory: Path)
     """One mp4 per recorded episode, cameras side by side; returns the paths."""
     from smolvla.data.video import VideoEncoder, VideoSettings
 
-    fps = 80  # Meta-World's control rate (12.5 ms per step): videos play in real time
     paths = []
     for episode in sorted((e for e in episodes if e.frames), key=lambda e: (e.task, e.index)):
         views = [episode.frames[f"observation.images.{c}"] for c in env.cameras]
         frames = np.concatenate(views, axis=2)
         path = directory / f"{episode.task}_{episode.index}_{'success' if episode.success else 'failure'}.mp4"
         height, width = frames.shape[1:3]
-        encoder = VideoEncoder(path.with_suffix(".tmp.mp4"), fps, width, height, VideoSettings(VIDEO_CODEC, g=fps))
+        encoder = VideoEncoder(
+            path.with_suffix(".tmp.mp4"), CONTROL_FPS, width, height, VideoSettings(VIDEO_CODEC, g=CONTROL_FPS)
+        )
         encoder.add(frames)
         encoder.close()
         path.with_suffix(".tmp.mp4").replace(path)

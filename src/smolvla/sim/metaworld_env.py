@@ -32,6 +32,7 @@ except ImportError as e:  # pragma: no cover - depends on the install
     raise SmolVLAError("the simulator needs the sim extra: pip install 'smolvla[sim]'") from e
 
 RENDER_SETTINGS = ("fast", "lerobot")
+CONTROL_FPS = 80  # every Meta-World task: 2.5 ms physics step x frame_skip 5 = 12.5 ms per action
 STATE_NAMES = ["x", "y", "z", "gripper"]
 ACTION_NAMES = ["dx", "dy", "dz", "gripper"]
 LEROBOT_CORNER2_POS = (0.75, 0.075, 0.7)
