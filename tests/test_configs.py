@@ -3,7 +3,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from smolvla.cli import main
-from smolvla.configs import apply_flags, describe, flag_names
+from smolvla.configs import apply_flags, apply_mapping, describe, flag_names, load_config_file, to_mapping
 from smolvla.errors import ConfigError
 
 
@@ -27,6 +27,26 @@ def test_nested_typed_flags():
     assert apply_flags(Outer(lr=0.1), ["--lr=none", "--steps=7"]) == Outer(steps=7, lr=None)
     assert flag_names(Outer()) == ["env.task", "env.cameras", "env.flag", "steps", "lr"]
     assert "  --env.cameras=a,b" in describe(Outer()).splitlines()
+    # A bare boolean flag means true; a value may still follow as the next argument.
+    assert apply_flags(Outer(Inner(flag=False)), ["--env.flag", "--steps=2"]) == Outer(Inner(flag=True), 2)
+    assert apply_flags(Outer(Inner(flag=False)), ["--env.flag"]).env.flag is True
+
+
+def test_config_files_apply_like_flags(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("env:\n  task: push\n  cameras: [x, y]\n  flag: false\nlr: 0.5\n")
+    config = apply_mapping(Outer(), load_config_file(str(path)))
+    assert config == Outer(Inner("push", ("x", "y"), False), 3, 0.5)
+    assert apply_mapping(Outer(), to_mapping(config)) == config  # what a run saves, it can reload
+    with pytest.raises(ConfigError, match=r"unknown flag --env\.tsk"):
+        apply_mapping(Outer(), {"env": {"tsk": "push"}})
+    with pytest.raises(ConfigError, match="steps is a single setting"):
+        apply_mapping(Outer(), {"steps": {"x": 1}})
+    path.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config_file(str(path))
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config_file(str(tmp_path / "missing.yaml"))
 
 
 @pytest.mark.parametrize(
@@ -53,3 +73,7 @@ def test_cli_reports_bad_flags_with_exit_code_2(capsys):
     assert main(["collect", "--help"]) == 0
     assert "--env.task=mt10" in capsys.readouterr().out
     assert main(["train-everything"]) == 2
+    assert main(["train", "--help"]) == 0
+    assert "--policy.path=None" in capsys.readouterr().out
+    assert main(["train", "--steps=10"]) == 2
+    assert "no dataset" in capsys.readouterr().err

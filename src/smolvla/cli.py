@@ -4,6 +4,9 @@ Commands:
   smoke    build a tiny policy, train it briefly on synthetic demonstrations, sample a chunk, save and reload it:
            a two-minute check that an install works end to end.
   collect  run Meta-World's scripted experts and write their successful episodes as a LeRobot v3.0 dataset.
+  train    train SmolVLA on local LeRobot datasets (from scratch or `--policy.path` fine-tuning), with checkpoints,
+           exact `--resume=true`, TensorBoard, validation loss; multi-process via `accelerate launch`.
+  demo     the whole loop on a built-in default: collect Meta-World demos, train a small SmolVLA, evaluate it.
   eval     run a policy (a checkpoint, `expert` or `random`) closed-loop on Meta-World tasks: success per task and
            difficulty, episode length, chunk latency; JSON, a bar chart and rollout videos.
 
@@ -117,6 +120,21 @@ def collect(config) -> int:
     return 0
 
 
+def train(config) -> int:
+    from smolvla.train.trainer import train as run
+
+    result = run(config)
+    print(f"trained {result.step} steps in {result.seconds:.0f} s; final checkpoint: {result.checkpoint}")
+    print(f"metrics: {result.metrics}  TensorBoard: tensorboard --logdir {result.tensorboard}")
+    return 0
+
+
+def demo(config) -> int:
+    from smolvla.demo import run_demo
+
+    return run_demo(config)
+
+
 def evaluate(config) -> int:
     from smolvla.eval.evaluate import evaluate as run
 
@@ -140,11 +158,37 @@ def _configs():
 
         return EvalConfig()
 
-    return {"smoke": (SmokeConfig, smoke), "collect": (collect_config, collect), "eval": (eval_config, evaluate)}
+    def train_config():
+        from smolvla.train.config import TrainConfig
+
+        return TrainConfig()
+
+    def demo_config():
+        from smolvla.demo import DemoConfig
+
+        return DemoConfig()
+
+    return {
+        "smoke": (SmokeConfig, smoke),
+        "collect": (collect_config, collect),
+        "train": (train_config, train),
+        "eval": (eval_config, evaluate),
+        "demo": (demo_config, demo),
+    }
+
+
+def _parse(name: str, make_config, flags: list[str]):
+    from smolvla.configs import apply_flags
+
+    if name == "train":  # --config_path files and --resume rebuild the config from files
+        from smolvla.train.config import TrainConfig
+
+        return TrainConfig.from_flags(flags)
+    return apply_flags(make_config(), flags)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from smolvla.configs import apply_flags, describe
+    from smolvla.configs import describe
     from smolvla.errors import SmolVLAError
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -162,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"smolvla {name} flags (defaults):\n{describe(make_config())}")
         return 0
     try:
-        return run(apply_flags(make_config(), flags))
+        return run(_parse(name, make_config, flags))
     except SmolVLAError as e:
         print(f"smolvla {name}: error: {e}", file=sys.stderr)
         return 2

@@ -69,12 +69,24 @@ def apply_flags(config: Any, argv: list[str]) -> Any:
             raise ConfigError(f"unexpected argument {arg!r}: flags look like --name=value")
         key, eq, value = arg[2:].partition("=")
         if not eq:
-            if i + 1 >= len(argv):
+            if _is_bool(config, key) and (i + 1 >= len(argv) or argv[i + 1].startswith("--")):
+                value = "true"  # a bare boolean flag: `--quick` means `--quick=true`
+            elif i + 1 >= len(argv):
                 raise ConfigError(f"flag --{key} has no value")
-            value, i = argv[i + 1], i + 1
+            else:
+                value, i = argv[i + 1], i + 1
         set_field(config, key, value)
         i += 1
     return config
+
+
+def _is_bool(config: Any, dotted: str) -> bool:
+    *parents, name = dotted.split(".")
+    for part in parents:
+        config = getattr(config, part, None)
+        if not dataclasses.is_dataclass(config):
+            return False
+    return _fields(type(config)).get(name) is bool if dataclasses.is_dataclass(config) else False
 
 
 def set_field(config: Any, dotted: str, text: str, prefix: str = "") -> None:
@@ -108,3 +120,59 @@ def describe(config: Any) -> str:
             value = ",".join(map(str, value))
         lines.append(f"  --{name}={value}")
     return "\n".join(lines)
+
+
+def _flag_text(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def apply_mapping(config: Any, values: dict[str, Any], prefix: str = "") -> Any:
+    """Set fields from a nested mapping (a YAML/JSON config file), with the same checks and messages as flags."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"config {prefix or 'file'} must be a mapping of settings, got {type(values).__name__}")
+    for key, value in values.items():
+        if isinstance(value, dict):
+            if key not in _fields(type(config)):
+                set_field(config, str(key), "", prefix)  # raises the unknown-flag error listing valid names
+            nested = getattr(config, key)
+            if not dataclasses.is_dataclass(nested):
+                raise ConfigError(f"{prefix}{key} is a single setting, not a group; got a mapping {value!r}")
+            apply_mapping(nested, value, f"{prefix}{key}.")
+        else:
+            set_field(config, str(key), _flag_text(value), prefix)
+    return config
+
+
+def to_mapping(config: Any) -> dict[str, Any]:
+    """A nested dataclass as plain JSON/YAML-ready dicts (tuples become lists)."""
+    out = {}
+    for name in _fields(type(config)):
+        value = getattr(config, name)
+        if dataclasses.is_dataclass(value):
+            value = to_mapping(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[name] = value
+    return out
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """Read a YAML (or JSON, a subset of YAML) config file into a mapping."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            values = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of settings, got {type(values).__name__}")
+    return values

@@ -76,6 +76,14 @@ def _preset_configs() -> dict[str, dict[str, Any]]:
     }
 
 
+def preset_config(name: str) -> dict[str, Any]:
+    """The config fields of a built-in architecture ("smolvla_base", "tiny")."""
+    presets = _preset_configs()
+    if name not in presets:
+        raise ConfigError(f"unknown preset {name!r}; known presets: {sorted(presets)}")
+    return presets[name]
+
+
 def _check_finite(name: str, value: Tensor) -> None:
     if value.is_floating_point() and not torch.isfinite(value).all():
         raise BatchError(f"{name} contains NaN or Inf values")
@@ -103,10 +111,7 @@ class SmolVLAPolicy(nn.Module):
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> SmolVLAPolicy:
         """An untrained policy of a built-in architecture ("smolvla_base" full size, "tiny"), fields overridable."""
-        presets = _preset_configs()
-        if name not in presets:
-            raise ConfigError(f"unknown preset {name!r}; known presets: {sorted(presets)}")
-        return cls(SmolVLAConfig.from_dict({**presets[name], **overrides}))
+        return cls(SmolVLAConfig.from_dict({**preset_config(name), **overrides}))
 
     @classmethod
     def from_pretrained(
@@ -336,9 +341,11 @@ class SmolVLAPolicy(nn.Module):
             return losses.sum(dim=(1, 2)) / (valid.sum(dim=1) * dim).clamp(min=1)
         return losses.sum() / (valid.sum() * dim).clamp(min=1)
 
-    def forward(self, batch: dict[str, Any], noise: Tensor | None = None, time: Tensor | None = None) -> Tensor:
+    def forward(
+        self, batch: dict[str, Any], noise: Tensor | None = None, time: Tensor | None = None, reduction: str = "mean"
+    ) -> Tensor:
         """The training loss, so DDP / accelerate wrappers can call the module directly."""
-        return self.compute_loss(batch, noise=noise, time=time)
+        return self.compute_loss(batch, noise=noise, time=time, reduction=reduction)
 
     # --- inference ---
     @torch.no_grad()

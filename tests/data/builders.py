@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from smolvla.data import DatasetWriter
 from smolvla.data.meta import DEFAULT_FEATURES
 from smolvla.data.stats import image_stats, vector_stats
 from smolvla.data.video import VideoEncoder
@@ -104,3 +105,12 @@ def write_v21(root: Path, episodes: list[dict[str, np.ndarray]], tasks: list[str
     lines["tasks"] = [{"task_index": i, "task": t} for t, i in task_ids.items()]
     for name, rows in lines.items():
         (root / f"meta/{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def write_v30(root, episodes, tasks=None, features=FEATURES, **kwargs):
+    """A LeRobot v3.0 dataset of `episodes` written by smolvla's own writer."""
+    tasks = tasks or [t for _, t in EPISODES]
+    with DatasetWriter(root, fps=FPS, features=features, **kwargs) as writer:
+        for ep, task in zip(episodes, tasks, strict=True):
+            writer.add_episode(ep, task)
+    return root

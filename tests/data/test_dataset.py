@@ -18,7 +18,7 @@ from smolvla.data import (
     load_meta,
     split_episodes,
 )
-from tests.data.builders import CAMERAS, EPISODES, FEATURES, FPS, make_episodes, write_v21
+from tests.data.builders import CAMERAS, EPISODES, FEATURES, FPS, make_episodes, write_v21, write_v30
 
 CHUNK = 5
 
@@ -26,14 +26,6 @@ CHUNK = 5
 def psnr(a: torch.Tensor, b: np.ndarray) -> float:
     mse = ((a.permute(1, 2, 0).numpy() * 255.0 - b.astype(np.float64)) ** 2).mean()
     return float(10 * np.log10(255.0**2 / max(mse, 1e-10)))
-
-
-def write_v30(root, episodes, tasks=None, features=FEATURES, **kwargs):
-    tasks = tasks or [t for _, t in EPISODES]
-    with DatasetWriter(root, fps=FPS, features=features, **kwargs) as writer:
-        for ep, task in zip(episodes, tasks, strict=True):
-            writer.add_episode(ep, task)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +140,19 @@ def test_sequential_access_decodes_each_frame_once(v30_root):
     reader = ds.video_reader
     assert reader.decoded_frames == 2 * len(ds)  # two cameras, every frame decoded exactly once
     assert reader.seeks == 2  # one initial seek per file, then decoding only moves forward
+
+
+def test_cached_frames_match_decoding(v30_root):
+    episodes = [0, 2]
+    plain = LeRobotDataset(v30_root, episodes=episodes)
+    cached = LeRobotDataset(v30_root, episodes=episodes, cache_frames=True)
+    decoded = cached.video_reader.decoded_frames  # everything is decoded up front
+    assert cached.frames["observation.images.top"].dtype == np.uint8
+    for i in (0, len(plain) // 2, len(plain) - 1):
+        a, b = plain[i], cached[i]
+        for key in CAMERAS:
+            assert torch.equal(a[key], b[key])
+    assert cached.video_reader.decoded_frames == decoded  # reading decodes nothing more
 
 
 def test_dataloader_workers(v30_root):

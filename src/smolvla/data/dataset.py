@@ -60,6 +60,7 @@ class LeRobotDataset(Dataset):
         image_transforms: ImageTransform | None = None,
         tolerance_s: float = 1e-4,
         video_reader: VideoFrameReader | None = None,
+        cache_frames: bool = False,
     ):
         self.meta: DatasetMeta = load_meta(root)
         self.root = self.meta.root
@@ -73,6 +74,9 @@ class LeRobotDataset(Dataset):
         self._positions = np.array([self.meta.episode_position(e) for e in self.episodes], dtype=np.int64)
         self.delta_indices = self._delta_indices(delta_timestamps or {})
         self._load_rows()
+        self.frames: dict[str, np.ndarray] = {}
+        if cache_frames:
+            self.cache_frames()
 
     # --- loading ---
     def _delta_indices(self, delta_timestamps: dict[str, Sequence[float]]) -> dict[str, np.ndarray]:
@@ -140,19 +144,36 @@ class LeRobotDataset(Dataset):
         query = row + self.delta_indices[key]
         return np.clip(query, start, end - 1), (query < start) | (query >= end)
 
-    def _camera(self, key: str, rows: np.ndarray, episode_pos: int) -> torch.Tensor:
+    def cache_frames(self) -> None:
+        """Decode every camera frame once, in file order, into RAM as uint8 (H·W·3 bytes per frame and camera).
+
+        Worth it whenever the frames fit in memory (small simulator datasets: 10k frames of two 128 px cameras are
+        1 GB): random access into a video then costs a slice instead of a seek and a decode of several frames.
+        """
+        positions = self._positions[self.row_episode].tolist()
+        for key in self.meta.camera_keys:
+            if key in self.frames:
+                continue
+            frames = np.empty((len(self), *self.meta.features[key]["shape"]), dtype=np.uint8)
+            for row, position in enumerate(positions):
+                frames[row] = self._decode(key, row, position)
+            self.frames[key] = frames
+
+    def _decode(self, key: str, row: int, episode_pos: int) -> np.ndarray:
         expected = tuple(self.meta.features[key]["shape"])
+        if key in self.images:
+            frame = decode_image(self.images[key][row].as_py(), f"{self.root} {key} row {row}")
+        else:
+            time_s = self.meta.video_from_s[key][episode_pos] + float(self.arrays["timestamp"][row])
+            frame = self.video_reader.frame(self.meta.video_files[key][episode_pos], time_s)
+        if frame.shape != expected:
+            raise DatasetError(f"{self.root}: camera {key!r} frame has shape {frame.shape}, info.json says {expected}")
+        return frame
+
+    def _camera(self, key: str, rows: np.ndarray, episode_pos: int) -> torch.Tensor:
         frames = []
         for row in rows.tolist():
-            if key in self.images:
-                frame = decode_image(self.images[key][row].as_py(), f"{self.root} {key} row {row}")
-            else:
-                time_s = self.meta.video_from_s[key][episode_pos] + float(self.arrays["timestamp"][row])
-                frame = self.video_reader.frame(self.meta.video_files[key][episode_pos], time_s)
-            if frame.shape != expected:
-                raise DatasetError(
-                    f"{self.root}: camera {key!r} frame has shape {frame.shape}, info.json says {expected}"
-                )
+            frame = self.frames[key][row] if key in self.frames else self._decode(key, row, episode_pos)
             image = _to_chw(frame)
             frames.append(self.image_transforms(image) if self.image_transforms else image)
         return torch.stack(frames)

@@ -1,0 +1,114 @@
+"""The policy and processors a run trains: from a preset (shaped by the dataset), a checkpoint, or a resumed run.
+
+Fine-tuning keeps the checkpoint's tokenizer but normalizes with the new dataset's statistics, as LeRobot does.
+Either way the dataset must provide what the policy reads: its state and action widths and every camera it was
+trained with; a mismatch is an error naming both sides, not a crash deep inside the model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from smolvla.data.meta import DatasetError
+from smolvla.errors import ConfigError
+from smolvla.model.config import ACTION_KEY, EMPTY_CAMERA_PREFIX, STATE_KEY
+from smolvla.policy import SmolVLAPolicy
+from smolvla.processors import TaskTokenizer, make_processors
+from smolvla.train.config import PolicyArgs
+from smolvla.train.data import TrainData
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def policy_features(features: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """SmolVLA input/output features from a dataset's LeRobot features (cameras as channel-first)."""
+    for key in (STATE_KEY, ACTION_KEY):
+        if key not in features:
+            raise DatasetError(f"the dataset has no {key!r} feature; it has {sorted(features)}")
+    inputs: dict[str, Any] = {STATE_KEY: {"type": "STATE", "shape": list(features[STATE_KEY]["shape"])}}
+    for key, spec in features.items():
+        if spec["dtype"] in ("video", "image"):
+            height, width, channels = spec["shape"]
+            inputs[key] = {"type": "VISUAL", "shape": [channels, height, width]}
+    if len(inputs) == 1:
+        raise DatasetError("the dataset has no camera: SmolVLA needs at least one image feature")
+    return inputs, {ACTION_KEY: {"type": "ACTION", "shape": list(features[ACTION_KEY]["shape"])}}
+
+
+def check_compatible(policy: SmolVLAPolicy, features: dict[str, dict[str, Any]]) -> None:
+    """The dataset provides the policy's state and action widths and all of its (non-placeholder) cameras."""
+    inputs, outputs = policy_features(features)
+    cfg = policy.config
+    dataset_cams = sorted(k for k in inputs if k != STATE_KEY)
+    missing = [k for k in cfg.image_features if not k.startswith(EMPTY_CAMERA_PREFIX) and k not in inputs]
+    if missing:
+        raise DatasetError(
+            f"the dataset lacks the policy's cameras {missing}; it has {dataset_cams} "
+            "(rename the dataset's camera keys, or train a new policy on these cameras)"
+        )
+    for key, want, have in (
+        (STATE_KEY, cfg.state_dim, inputs[STATE_KEY]),
+        (ACTION_KEY, cfg.action_dim, outputs[ACTION_KEY]),
+    ):
+        if have["shape"] != [want]:
+            raise DatasetError(f"the dataset's {key!r} has shape {have['shape']}, the policy expects [{want}]")
+
+
+def pretrained_dir(path: str) -> Path:
+    directory = Path(path)
+    if not directory.exists():
+        raise ConfigError(f"--policy.path={path!r} does not exist")
+    return directory / "pretrained_model" if (directory / "pretrained_model").is_dir() else directory
+
+
+def planned_chunk_size(args: PolicyArgs) -> int:
+    """Chunk length of the policy `args` will build, known before building it (to read action chunks that long)."""
+    from smolvla.model.config import SmolVLAConfig
+    from smolvla.policy import preset_config
+
+    if args.chunk_size is not None:
+        return args.chunk_size
+    if args.path is not None:
+        return SmolVLAConfig.from_json(pretrained_dir(args.path) / "config.json").chunk_size
+    return int(preset_config(args.preset).get("chunk_size", SmolVLAConfig.chunk_size))
+
+
+def make_tokenizer(args: PolicyArgs, tasks: list[str]) -> TaskTokenizer:
+    """--policy.tokenizer, else the checkpoint's tokenizer, else a small BPE learnt from the dataset's instructions."""
+    source = args.tokenizer or (str(pretrained_dir(args.path)) if args.path else None)
+    if source is None:
+        return TaskTokenizer.train(tasks)
+    if not (Path(source) / TOKENIZER_FILE).is_file():
+        flag = "--policy.tokenizer" if args.tokenizer else "--policy.path"
+        raise ConfigError(
+            f"{flag}={source!r} has no {TOKENIZER_FILE}; point --policy.tokenizer at a directory holding the "
+            "backbone's tokenizer files (smolvla never downloads them)"
+        )
+    return TaskTokenizer.from_directory(source)
+
+
+def build_policy(args: PolicyArgs, data: TrainData) -> SmolVLAPolicy:
+    """A new policy of `args.preset` shaped by the dataset, or the `args.path` checkpoint, with `args` overrides."""
+    overrides = args.overrides()
+    if args.path is None:
+        inputs, outputs = policy_features(data.features)
+        return SmolVLAPolicy.from_preset(args.preset, input_features=inputs, output_features=outputs, **overrides)
+    policy = SmolVLAPolicy.from_pretrained(pretrained_dir(args.path))
+    fixed = [f for f in args.ARCHITECTURE if getattr(args, f) is not None]
+    if fixed:
+        raise ConfigError(f"--policy.{fixed[0]} changes the architecture and cannot be set with --policy.path")
+    if overrides:  # in place: the model holds the same config object
+        for name, value in overrides.items():
+            setattr(policy.config, name, value)
+        policy.config.validate()
+        policy.apply_freezing()
+    check_compatible(policy, data.features)
+    return policy
+
+
+def build_processors(policy: SmolVLAPolicy, tokenizer: TaskTokenizer, data: TrainData, device: str):
+    vocab = policy.model.vlm_with_expert.text_model.embed_tokens.num_embeddings
+    if tokenizer.vocab_size > vocab:
+        raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} tokens, more than the model's {vocab} embeddings")
+    return make_processors(policy.config, data.stats, tokenizer, device=device)

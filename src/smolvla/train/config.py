@@ -1,0 +1,165 @@
+"""`smolvla train` settings: LeRobot's flag names where the concept is the same (`--policy.path`, `--dataset.root`,
+`--batch_size`, `--steps`, `--output_dir`, `--resume`, `--config_path`, `--log_freq`, `--save_freq`, `--seed`).
+
+A YAML or JSON file given by `--config_path` is applied first, then the other flags. `--resume=true` rebuilds the
+run from the checkpoint's own `train_config.json`; flags may then change only how long and how chattily it runs
+(`RESUMABLE`): anything that would change the run's result is an error rather than a silently different run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from smolvla.configs import apply_flags, apply_mapping, load_config_file, to_mapping
+from smolvla.errors import ConfigError
+
+# Settings that may differ between a run and its resumption (everything else must match the checkpoint).
+RESUMABLE = frozenset(
+    {"steps", "log_freq", "save_freq", "val_freq", "keep_last", "num_workers", "progress", "resume", "config_path"}
+)
+
+
+@dataclass
+class DatasetArgs:
+    root: tuple[str, ...] = ()  # local LeRobot dataset directories (comma-separated for several)
+    weights: tuple[float, ...] = ()  # sampling proportion per dataset; empty = proportional to their frames
+    val_fraction: float = 0.1  # share of each dataset's episodes held out for the validation loss
+    cache_frames: bool = False  # decode all camera frames into RAM once (small datasets: much faster epochs)
+
+
+@dataclass
+class PolicyArgs:
+    """Where the policy comes from, plus SmolVLA config fields to override (None keeps the preset's/checkpoint's)."""
+
+    path: str | None = None  # a pretrained_model directory to fine-tune; none = train `preset` from scratch
+    preset: str = "tiny"  # architecture for training from scratch: tiny | smolvla_base
+    tokenizer: str | None = None  # directory with tokenizer.json; default: the checkpoint's, or learnt from tasks
+    device: str | None = None  # cpu | cuda | cuda:1 ...; none = cuda when available
+    use_amp: bool = False  # bf16 autocast for forward and backward
+    compile_model: bool = False  # torch.compile the flow-matching model
+    # SmolVLA config fields (LeRobot names); architecture fields only apply when training from scratch.
+    chunk_size: int | None = None
+    n_action_steps: int | None = None
+    num_steps: int | None = None
+    image_size: int | None = None  # square side the cameras are resized (with padding) to
+    num_vlm_layers: int | None = None
+    freeze_vision_encoder: bool | None = None
+    train_expert_only: bool | None = None
+    train_state_proj: bool | None = None
+    optimizer_lr: float | None = None
+    optimizer_weight_decay: float | None = None
+    optimizer_grad_clip_norm: float | None = None
+    scheduler_warmup_steps: int | None = None
+    scheduler_decay_steps: int | None = None
+    scheduler_decay_lr: float | None = None
+
+    ARCHITECTURE = ("image_size", "num_vlm_layers")
+
+    def overrides(self) -> dict[str, Any]:
+        """The SmolVLA config fields set on the command line, in SmolVLAConfig's names."""
+        own = {"path", "preset", "tokenizer", "device", "use_amp", "compile_model"}
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in own or value is None:
+                continue
+            if f.name == "image_size":
+                out["resize_imgs_with_padding"] = (value, value)
+            else:
+                out[f.name] = value
+        return out
+
+
+@dataclass
+class TrainConfig:
+    dataset: DatasetArgs = field(default_factory=DatasetArgs)
+    policy: PolicyArgs = field(default_factory=PolicyArgs)
+    output_dir: str = "outputs/train"
+    batch_size: int = 8  # global batch per optimizer step (split over processes, times grad_accum_steps)
+    grad_accum_steps: int = 1  # micro-batches per optimizer step: batch_size × grad_accum_steps samples per update
+    steps: int = 1000  # optimizer steps
+    seed: int = 1000
+    num_workers: int = 2  # data-loading processes per training process
+    log_freq: int = 50
+    save_freq: int = 1000
+    save_checkpoint: bool = True
+    keep_last: int = 3  # checkpoints kept (0 = all); the newest is always `checkpoints/last`
+    val_freq: int = 500  # validation loss on held-out episodes every N steps (0 = never)
+    val_batches: int = 8
+    ema_decay: float = 0.0  # > 0: keep an exponential moving average of the weights and save it as the policy
+    progress: bool = True  # tqdm progress bar
+    resume: bool = False
+    config_path: str | None = None  # YAML/JSON settings applied before the other flags
+
+    def validate(self) -> None:
+        if not self.dataset.root:
+            raise ConfigError("no dataset: set --dataset.root=<local LeRobot dataset directory>")
+        if self.dataset.weights and len(self.dataset.weights) != len(self.dataset.root):
+            raise ConfigError(
+                f"--dataset.weights has {len(self.dataset.weights)} values for {len(self.dataset.root)} datasets"
+            )
+        positive = {"batch_size": self.batch_size, "steps": self.steps, "grad_accum_steps": self.grad_accum_steps}
+        positive.update(log_freq=self.log_freq, save_freq=self.save_freq, val_batches=self.val_batches)
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"--{name} must be >= 1, got {value}")
+        for name, value in {"num_workers": self.num_workers, "keep_last": self.keep_last}.items():
+            if value < 0:
+                raise ConfigError(f"--{name} must be >= 0, got {value}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"--ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.policy.preset not in ("tiny", "smolvla_base") and self.policy.path is None:
+            raise ConfigError(f"--policy.preset must be tiny or smolvla_base, got {self.policy.preset!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_mapping(self)
+
+    @classmethod
+    def from_flags(cls, argv: list[str]) -> TrainConfig:
+        """Defaults ← `--config_path` file ← flags; with `--resume=true`, the checkpoint's config ← allowed flags."""
+        config = apply_flags(cls(), argv)
+        if config.config_path:
+            config = apply_flags(apply_mapping(cls(), load_config_file(config.config_path)), argv)
+        if config.resume:
+            config = _resumed(config, argv)
+        config.validate()
+        return config
+
+
+def _resumed(config: TrainConfig, argv: list[str]) -> TrainConfig:
+    from smolvla.train.checkpoint import last_checkpoint, read_train_config
+
+    checkpoint = last_checkpoint(Path(config.output_dir))
+    saved = read_train_config(checkpoint)
+    resumed = apply_mapping(TrainConfig(), saved)
+    apply_flags(resumed, argv)
+    if config.config_path:  # a config file given with --resume counts like flags
+        apply_mapping(resumed, load_config_file(config.config_path))
+        apply_flags(resumed, argv)
+    resumed.resume, resumed.output_dir = True, config.output_dir
+    return resumed
+
+
+def check_resumable(saved: dict[str, Any], config: TrainConfig, checkpoint: Path) -> None:
+    """Resuming may change only `RESUMABLE` settings; anything else would silently make a different run."""
+    before, after = _flat(saved), _flat(config.to_dict())
+    changed = [k for k in after if k.split(".")[0] not in RESUMABLE and k != "output_dir" and before.get(k) != after[k]]
+    if changed:
+        detail = "; ".join(f"{k}: checkpoint {before.get(k)!r}, now {after[k]!r}" for k in changed)
+        raise ConfigError(
+            f"cannot resume {checkpoint} with different settings ({detail}); only {sorted(RESUMABLE)} may change. "
+            "Start a new --output_dir to train with other settings (or fine-tune with --policy.path)."
+        )
+
+
+def _flat(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = list(value) if isinstance(value, tuple) else value
+    return out

@@ -1,0 +1,94 @@
+"""Training data: datasets split by episode, one reproducible stream of global batches, and per-batch noise.
+
+Reproducibility is by construction rather than by saved iterator state: global batch k is positions
+[k·B, (k+1)·B) of an endless stream of epochs (each epoch an order from `WeightedDatasetSampler(seed, epoch)`), and
+its flow-matching noise and times come from a generator seeded by (seed, k). Every process draws the whole global
+batch and keeps its slice, so a run resumed at step s, or run on a different number of processes, sees the very same
+samples and noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from torch.utils.data import Sampler
+
+from smolvla.data import LeRobotDataset, MultiLeRobotDataset, WeightedDatasetSampler, load_meta, split_episodes
+from smolvla.data.dataset import chunk_delta_timestamps
+from smolvla.data.meta import DatasetError
+from smolvla.train.config import DatasetArgs
+
+
+@dataclass
+class TrainData:
+    train: MultiLeRobotDataset
+    val: MultiLeRobotDataset | None
+    tasks: list[str]  # every task string of every dataset, in a fixed order (per-task loss ids)
+    stats: dict  # normalization statistics over all datasets
+    features: dict  # LeRobot feature specs of the first dataset (all must agree)
+
+
+def load_train_data(args: DatasetArgs, chunk_size: int, seed: int) -> TrainData:
+    """Open every dataset, hold out `val_fraction` of each one's episodes, and merge their statistics."""
+    from smolvla.data.stats import aggregate_stats
+
+    train, val, stats, tasks = [], [], [], []
+    for root in args.root:
+        meta = load_meta(root)
+        if len(meta.episode_index) == 0 or int(meta.length.sum()) == 0:
+            raise DatasetError(f"dataset {root} has no frames to train on")
+        if meta.stats is None:
+            raise DatasetError(f"dataset {root} has no meta/stats.json: normalization statistics are required")
+        delta = chunk_delta_timestamps(chunk_size, meta.fps)
+        train_eps, val_eps = split_episodes(meta.episode_index.tolist(), args.val_fraction, seed)
+        train.append(LeRobotDataset(root, train_eps, delta, cache_frames=args.cache_frames))
+        if val_eps:
+            val.append(LeRobotDataset(root, val_eps, delta, cache_frames=args.cache_frames))
+        stats.append(meta.stats)
+        tasks += [t for t in meta.tasks if t not in tasks]
+    return TrainData(
+        train=MultiLeRobotDataset(train),
+        val=MultiLeRobotDataset(val) if val else None,
+        tasks=tasks,
+        stats=stats[0] if len(stats) == 1 else aggregate_stats(stats),
+        features=train[0].meta.features,
+    )
+
+
+def batch_seed(seed: int, index: int, stream: int = 0) -> int:
+    """A well-mixed 63-bit seed for batch `index` of stream `stream` (0 train, 1 validation)."""
+    return int(np.random.SeedSequence([seed, stream, index]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+class GlobalBatches(Sampler[list[int]]):
+    """Per-process index lists for global batches `start, start+1, ...` of the endless epoch stream."""
+
+    def __init__(
+        self, sampler: WeightedDatasetSampler, global_batch: int, rank: int, world: int, start: int, stop: int
+    ):
+        if global_batch % world:
+            raise ValueError(f"batch_size {global_batch} is not divisible by the {world} processes")
+        self.sampler, self.global_batch = sampler, global_batch
+        self.local = global_batch // world
+        self.rank, self.start, self.stop = rank, start, stop
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        n = len(self.sampler)
+        position = self.start * self.global_batch
+        epoch, offset = divmod(position, n)
+        order = self.sampler.epoch_indices(epoch)
+        for _ in range(len(self)):
+            batch = []
+            while len(batch) < self.global_batch:
+                if offset == n:
+                    epoch, offset = epoch + 1, 0
+                    order = self.sampler.epoch_indices(epoch)
+                take = min(self.global_batch - len(batch), n - offset)
+                batch += order[offset : offset + take].tolist()
+                offset += take
+            yield batch[self.rank * self.local : (self.rank + 1) * self.local]
