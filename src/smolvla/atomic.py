@@ -12,7 +12,9 @@ from pathlib import Path
 def temp_directory_for(target: Path) -> Path:
     """A fresh hidden directory next to `target` (same filesystem, so the final rename is atomic)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would make every saved checkpoint or dataset private to its writer
+    return tmp
 
 
 def replace_directory(tmp: Path, target: Path) -> None:

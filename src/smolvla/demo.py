@@ -23,10 +23,9 @@ from smolvla.errors import ConfigError
 
 SIZES: dict[str, dict[str, Any]] = {
     "quick": {"tasks": "drawer-close", "episodes_per_task": 4, "steps": 40, "batch_size": 8, "eval_episodes": 2},
-    "default": {"tasks": "drawer-close,button-press-topdown,door-open", "episodes_per_task": 30, "steps": 3000,
+    "default": {"tasks": "drawer-close,door-open,window-open,plate-slide", "episodes_per_task": 30, "steps": 1800,
                 "batch_size": 32, "eval_episodes": 10},
-    "full": {"tasks": "drawer-close,button-press-topdown,door-open,window-open,plate-slide,reach",
-             "episodes_per_task": 100, "steps": 30000, "batch_size": 64, "eval_episodes": 50},
+    "full": {"tasks": "mt10", "episodes_per_task": 50, "steps": 30000, "batch_size": 64, "eval_episodes": 50},
 }  # fmt: skip
 
 
@@ -91,7 +90,8 @@ def _train(cfg: DemoConfig, dataset: Path, out: Path):
     config.policy.train_expert_only = False  # from scratch: the tiny backbone learns too
     config.policy.freeze_vision_encoder = False
     config.policy.optimizer_lr = 1e-3 if cfg.size != "full" else 3e-4
-    config.policy.scheduler_warmup_steps = min(200, cfg.steps // 10)
+    config.policy.scheduler_warmup_steps = cfg.steps // 20
+    config.policy.scheduler_decay_steps = cfg.steps
     config.policy.scheduler_decay_lr = config.policy.optimizer_lr / 20
     config.log_freq = max(1, min(50, cfg.steps // 20))
     config.val_freq = max(1, cfg.steps // 10)

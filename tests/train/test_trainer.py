@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -191,6 +192,12 @@ def test_bad_input_errors(dataset, tmp_path):
     checkpoint = tmp_path / "run" / "checkpoints" / "000003"
     with pytest.raises(DatasetError, match=r"lacks the policy's cameras.*observation\.images\.wrist"):
         run(narrow, tmp_path / "ft", f"--policy.path={checkpoint}")
+    # An empty dataset (every episode removed from its metadata).
+    empty = write_v30(tmp_path / "empty", make_episodes())
+    episodes = empty / "meta" / "episodes" / "chunk-000" / "file-000.parquet"
+    pq.write_table(pq.read_table(episodes).slice(0, 0), episodes)
+    with pytest.raises(DatasetError, match="no frames to train on"):
+        run(empty, tmp_path / "z")
     with pytest.raises(ConfigError, match="no dataset"):
         train(TrainConfig.from_flags([f"--output_dir={tmp_path / 'x'}"]))
     with pytest.raises(DatasetError):

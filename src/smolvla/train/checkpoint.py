@@ -127,6 +127,14 @@ def save_checkpoint(
     return target
 
 
+def remove_partial(output_dir: Path) -> None:
+    """Delete what a run killed mid-save left behind: hidden temporary checkpoint directories."""
+    root = checkpoints_dir(output_dir)
+    if root.is_dir():
+        for leftover in root.glob(".*.tmp-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def load_training_state(checkpoint: Path) -> dict[str, Any]:
     """Everything `save_checkpoint` wrote under training_state/, with clear errors for missing or corrupt files."""
     from safetensors.torch import load_file

@@ -72,12 +72,6 @@ class EMA:
                 p.copy_(raw[name])
 
 
-def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    from torch.utils.data import default_collate
-
-    return default_collate(items)
-
-
 class Trainer:
     def __init__(self, config: TrainConfig):
         from accelerate import Accelerator
@@ -109,6 +103,8 @@ class Trainer:
                 f"{self.output_dir} already holds checkpoints: pass --resume=true to continue that run, or choose "
                 "another --output_dir"
             )
+        if self.config.resume and self.main:
+            ckpt.remove_partial(self.output_dir)
 
     def _setup(self) -> None:
         from smolvla.policy import SmolVLAPolicy
@@ -180,9 +176,7 @@ class Trainer:
         sampler = WeightedDatasetSampler(train.sizes, weights, seed=self.config.seed)
         batches = GlobalBatches(sampler, self.config.batch_size, self.rank, self.world, start_batch, stop_batch)
         workers = self.config.num_workers
-        return DataLoader(
-            train, batch_sampler=batches, num_workers=workers, collate_fn=_collate, persistent_workers=workers > 0
-        )
+        return DataLoader(train, batch_sampler=batches, num_workers=workers)
 
     def _noise(self, index: int, global_batch: int, stream: int, world: int = 1, rank: int = 0):
         cfg = self.policy.config
@@ -338,7 +332,10 @@ class Trainer:
                 row[f"loss_task/{task[:60]}"] = float(task_sum[i] / task_n[i])
         self._record(row, writer)
         if bar is not None:
-            bar.set_postfix(loss=f"{row['train/loss']:.4f}", lr=f"{row['train/lr']:.2e}")
+            bar.set_postfix(
+                loss=f"{row['train/loss']:.4f}", lr=f"{row['train/lr']:.1e}",
+                grad=f"{row['train/grad_norm']:.2f}", sps=f"{row['train/samples_per_s']:.0f}",
+            )  # fmt: skip
         return row["train/loss"]
 
     @torch.no_grad()
@@ -350,7 +347,7 @@ class Trainer:
             g = torch.Generator().manual_seed(batch_seed(self.config.seed, 0, VAL_STREAM))
             size = min(len(data), self.config.val_batches * self.config.batch_size)
             indices = torch.randperm(len(data), generator=g)[:size].tolist()
-            loader = DataLoader(data, batch_size=self.config.batch_size, sampler=indices, collate_fn=_collate)
+            loader = DataLoader(data, batch_size=self.config.batch_size, sampler=indices)
             self.policy.eval()
             total, count = 0.0, 0.0
             for k, raw in enumerate(loader):
