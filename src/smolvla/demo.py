@@ -22,10 +22,12 @@ from typing import Any
 from smolvla.errors import ConfigError
 
 SIZES: dict[str, dict[str, Any]] = {
-    "quick": {"tasks": "drawer-close", "episodes_per_task": 4, "steps": 40, "batch_size": 8, "eval_episodes": 2},
+    "quick": {"tasks": "drawer-close", "episodes_per_task": 4, "steps": 40, "batch_size": 8, "eval_episodes": 2,
+              "max_steps": 200},
     "default": {"tasks": "drawer-close,door-open,window-open,plate-slide", "episodes_per_task": 30, "steps": 1800,
-                "batch_size": 32, "eval_episodes": 10},
-    "full": {"tasks": "mt10", "episodes_per_task": 50, "steps": 30000, "batch_size": 64, "eval_episodes": 50},
+                "batch_size": 32, "eval_episodes": 10, "max_steps": 500},
+    "full": {"tasks": "mt10", "episodes_per_task": 50, "steps": 30000, "batch_size": 64, "eval_episodes": 50,
+             "max_steps": 500},
 }  # fmt: skip
 
 
@@ -38,6 +40,7 @@ class DemoConfig:
     steps: int | None = None
     batch_size: int | None = None
     eval_episodes: int | None = None  # per task
+    max_steps: int | None = None  # episode step cap (Meta-World's standard is 500)
     image_size: int = 64
     cameras: tuple[str, ...] = ("corner2", "gripperPOV")
     n_action_steps: int = 5  # actions executed per predicted chunk of 10 (re-plan twice per chunk)
@@ -55,19 +58,22 @@ class DemoConfig:
         return dataclasses.replace(self, size=size, **values)
 
 
-def _collect(cfg: DemoConfig, root: Path) -> Path:
-    from smolvla.sim.collect import CollectConfig, collect
+def _env(cfg: DemoConfig):
     from smolvla.sim.metaworld_env import MetaWorldConfig
 
-    env = MetaWorldConfig(task=cfg.tasks, cameras=cfg.cameras, image_size=cfg.image_size)
+    return MetaWorldConfig(task=cfg.tasks, cameras=cfg.cameras, image_size=cfg.image_size, max_steps=cfg.max_steps)
+
+
+def _collect(cfg: DemoConfig, root: Path) -> Path:
+    from smolvla.sim.collect import CollectConfig, collect, collected_with
+
+    env = _env(cfg)
     config = CollectConfig(
         env=env, episodes_per_task=cfg.episodes_per_task, output_dir=str(root), seed=cfg.seed,
         num_workers=cfg.num_workers,
     )  # fmt: skip
     if root.exists():
-        saved = json.loads((root / "meta" / "smolvla_collect.json").read_text())["config"]
-        wanted = {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(config))).items() if k != "num_workers"}
-        if {k: saved.get(k) for k in wanted} != wanted:
+        if not collected_with(root, config):
             raise ConfigError(f"{root} holds a dataset collected with other settings; use another --output_dir")
         print(f"[1/3] dataset exists, reusing {root}")
         return root
@@ -129,9 +135,14 @@ def plot_losses(metrics: Path, path: Path) -> Path:
     return path
 
 
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def run_demo(config: DemoConfig) -> int:
     from smolvla.eval.evaluate import EvalConfig, EvalLoop, PolicyRef, evaluate
-    from smolvla.sim.metaworld_env import MetaWorldConfig
 
     cfg = config.resolved()
     out = Path(cfg.output_dir)
@@ -141,8 +152,8 @@ def run_demo(config: DemoConfig) -> int:
     print(f"[3/3] evaluating {checkpoint} on {cfg.eval_episodes} unseen starts per task")
     summary = evaluate(
         EvalConfig(
-            policy=PolicyRef(path=str(checkpoint), device=cfg.device or "cpu"),
-            env=MetaWorldConfig(task=cfg.tasks, cameras=cfg.cameras, image_size=cfg.image_size),
+            policy=PolicyRef(path=str(checkpoint), device=cfg.device or _default_device()),
+            env=_env(cfg),
             eval=EvalLoop(n_episodes=cfg.eval_episodes, num_workers=cfg.num_workers, videos_per_task=1),
             output_dir=str(out / "eval"),
         )

@@ -202,3 +202,12 @@ def test_bad_input_errors(dataset, tmp_path):
         train(TrainConfig.from_flags([f"--output_dir={tmp_path / 'x'}"]))
     with pytest.raises(DatasetError):
         run(tmp_path / "does-not-exist", tmp_path / "y")
+
+
+def test_a_save_killed_before_the_first_checkpoint_does_not_block_a_fresh_start(dataset, tmp_path):
+    partial = tmp_path / "run" / "checkpoints" / ".000003.tmp-x1y2"
+    (partial / "pretrained_model").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match="no checkpoints/last"):
+        run(dataset, tmp_path / "run", "--resume=true")
+    result = run(dataset, tmp_path / "run", "--steps=3", "--val_freq=0")
+    assert result.step == 3 and not partial.exists()

@@ -81,6 +81,15 @@ def _config_record(config: CollectConfig, tasks: list[str]) -> dict[str, Any]:
     return json.loads(json.dumps(record))
 
 
+def collected_with(root: Path, config: CollectConfig) -> bool:
+    """Whether `root` already holds the dataset `config` would collect (same tasks, quota, seeds, env settings)."""
+    path = Path(root) / "meta" / COLLECT_META
+    if not path.is_file():
+        return False
+    saved = json.loads(path.read_text()).get("config")
+    return saved == _config_record(config, resolve_tasks(config.env.task))
+
+
 def _successes(outcomes: dict[tuple[str, int], bool], task: str) -> int:
     return sum(ok for (name, _), ok in outcomes.items() if name == task)
 

@@ -127,6 +127,11 @@ def save_checkpoint(
     return target
 
 
+def has_checkpoints(output_dir: Path) -> bool:
+    root = checkpoints_dir(output_dir)
+    return root.is_dir() and any(p.name == LAST or p.name.isdigit() for p in root.iterdir())
+
+
 def remove_partial(output_dir: Path) -> None:
     """Delete what a run killed mid-save left behind: hidden temporary checkpoint directories."""
     root = checkpoints_dir(output_dir)

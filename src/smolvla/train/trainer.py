@@ -97,13 +97,12 @@ class Trainer:
 
     # --- set-up ---
     def _check_output_dir(self) -> None:
-        existing = ckpt.checkpoints_dir(self.output_dir)
-        if not self.config.resume and existing.is_dir() and any(existing.iterdir()):
+        if not self.config.resume and ckpt.has_checkpoints(self.output_dir):
             raise ConfigError(
                 f"{self.output_dir} already holds checkpoints: pass --resume=true to continue that run, or choose "
                 "another --output_dir"
             )
-        if self.config.resume and self.main:
+        if self.main:
             ckpt.remove_partial(self.output_dir)
 
     def _setup(self) -> None:
