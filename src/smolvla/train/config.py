@@ -39,8 +39,9 @@ class PolicyArgs:
     tokenizer: str | None = None  # directory with tokenizer.json; default: the checkpoint's, or learnt from tasks
     device: str | None = None  # cpu | cuda | cuda:1 ...; none = cuda when available
     use_amp: bool = False  # bf16 autocast for forward and backward
-    compile_model: bool = False  # torch.compile the flow-matching model
     # SmolVLA config fields (LeRobot names); architecture fields only apply when training from scratch.
+    compile_model: bool | None = None  # torch.compile the flow-matching loss
+    compile_mode: str | None = None  # torch.compile mode (LeRobot's default: max-autotune)
     chunk_size: int | None = None
     n_action_steps: int | None = None
     num_steps: int | None = None
@@ -60,7 +61,7 @@ class PolicyArgs:
 
     def overrides(self) -> dict[str, Any]:
         """The SmolVLA config fields set on the command line, in SmolVLAConfig's names."""
-        own = {"path", "preset", "tokenizer", "device", "use_amp", "compile_model"}
+        own = {"path", "preset", "tokenizer", "device", "use_amp"}
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)

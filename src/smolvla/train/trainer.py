@@ -138,8 +138,10 @@ class Trainer:
         self.scheduler = make_scheduler(self.optimizer, self.schedule)
         if state is not None:
             self._restore(state)
-        if cfg.policy.compile_model:
-            self.policy.model.compile(mode=self.policy.config.compile_mode)
+        if self.policy.config.compile_model:
+            # The loss is a method, not forward(): compile it (an instance attribute, so weights keep their names).
+            model = self.policy.model
+            model.losses = torch.compile(model.losses, mode=self.policy.config.compile_mode)
         self.model, self.optimizer = self.accelerator.prepare(self.policy, self.optimizer)
         self.task_ids = {t: i for i, t in enumerate(self.data.tasks)}
         self.dataset_names = [Path(r).name for r in cfg.dataset.root]
