@@ -210,15 +210,16 @@ class Trainer:
         writer = self._writer()
         loader = self._loader(step * accum, cfg.steps * accum)
         batches = iter(loader)
-        n_ds, n_tasks = len(self.data.train.datasets), len(self.data.tasks)
+        n_ds = len(self.data.train.datasets)
         device = acc.device
-        acc_sums = torch.zeros(2 + 2 * n_ds + 2 * n_tasks, device=device, dtype=torch.float64)
-        interval = {"loss": 0.0, "grad_norm": 0.0, "steps": 0, "t0": time.perf_counter()}
+        # Per-sample loss sums (row 0) and counts (row 1) per dataset then per task, reduced over processes at log
+        # time; running loss and grad norm stay on the device so a step never waits for a host sync.
+        groups = torch.zeros(2, n_ds + len(self.data.tasks), device=device, dtype=torch.float64)
+        interval = self._new_interval()
         last_loss, val_loss = None, None
         bar = self._progress(step)
         self.model.train()
         while step < cfg.steps:
-            step_loss = 0.0
             for micro in range(accum):
                 index = step * accum + micro
                 raw = next(batches)
@@ -234,12 +235,11 @@ class Trainer:
                     totals = acc.reduce(torch.stack([local_sum.detach(), counts.sum()]), reduction="sum")
                     loss = local_sum * self.world / totals[1] / accum
                     acc.backward(loss)
-                step_loss += (totals[0] / totals[1]).item() / accum
-                per = per_sample.detach().double()
-                acc_sums[2 : 2 + n_ds].index_add_(0, ds_idx, per)
-                acc_sums[2 + n_ds : 2 + 2 * n_ds].index_add_(0, ds_idx, torch.ones_like(per))
-                acc_sums[2 + 2 * n_ds : 2 + 2 * n_ds + n_tasks].index_add_(0, task_idx, per)
-                acc_sums[2 + 2 * n_ds + n_tasks :].index_add_(0, task_idx, torch.ones_like(per))
+                interval["loss"] += (totals[0] / totals[1]).detach() / accum
+                where = torch.cat([ds_idx, task_idx + n_ds])  # each sample counts for its dataset and its task
+                per = per_sample.detach().double().repeat(2)
+                groups[0].index_add_(0, where, per)
+                groups[1].index_add_(0, where, torch.ones_like(per))
             grad_norm = acc.clip_grad_norm_(self.policy.parameters(), self.policy.config.optimizer_grad_clip_norm)
             self.optimizer.step()
             self.scheduler.step()
@@ -247,15 +247,14 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update()
             step += 1
-            interval["loss"] += step_loss
-            interval["grad_norm"] += float(grad_norm)
+            interval["grad_norm"] += grad_norm.detach()
             interval["steps"] += 1
             if bar is not None:
                 bar.update(1)
             if step % cfg.log_freq == 0 or step == cfg.steps:
-                last_loss = self._log(step, interval, acc.reduce(acc_sums, reduction="sum"), writer, bar)
-                acc_sums.zero_()
-                interval = {"loss": 0.0, "grad_norm": 0.0, "steps": 0, "t0": time.perf_counter()}
+                last_loss = self._log(step, interval, acc.reduce(groups, reduction="sum"), writer, bar)
+                groups.zero_()
+                interval = self._new_interval()
             if self.data.val is not None and cfg.val_freq > 0 and (step % cfg.val_freq == 0 or step == cfg.steps):
                 val_loss = self._validate(step, writer)
             if cfg.save_checkpoint and (step % cfg.save_freq == 0 or step == cfg.steps):
@@ -278,6 +277,10 @@ class Trainer:
         )
 
     # --- logging, validation, saving ---
+    def _new_interval(self) -> dict[str, Any]:
+        zero = torch.zeros((), device=self.accelerator.device)
+        return {"loss": zero, "grad_norm": zero.clone(), "steps": 0, "t0": time.perf_counter()}
+
     def _writer(self):
         if not self.main:
             return None
@@ -316,21 +319,18 @@ class Trainer:
         seconds = time.perf_counter() - interval["t0"]
         row: dict[str, Any] = {
             "step": step,
-            "train/loss": interval["loss"] / n,
+            "train/loss": float(interval["loss"]) / n,
             "train/lr": self.scheduler.get_last_lr()[0],
-            "train/grad_norm": interval["grad_norm"] / n,
+            "train/grad_norm": float(interval["grad_norm"]) / n,
             "train/samples_per_s": n * cfg.batch_size * cfg.grad_accum_steps / max(seconds, 1e-9),
         }
-        n_ds, n_tasks = len(self.dataset_names), len(self.data.tasks)
-        ds_sum, ds_n = sums[2 : 2 + n_ds], sums[2 + n_ds : 2 + 2 * n_ds]
-        task_sum, task_n = sums[2 + 2 * n_ds : 2 + 2 * n_ds + n_tasks], sums[2 + 2 * n_ds + n_tasks :]
-        if n_ds > 1:
-            for i, name in enumerate(self.dataset_names):
-                if ds_n[i] > 0:
-                    row[f"loss_dataset/{i}_{name}"] = float(ds_sum[i] / ds_n[i])
-        for i, task in enumerate(self.data.tasks):
-            if task_n[i] > 0:
-                row[f"loss_task/{task[:60]}"] = float(task_sum[i] / task_n[i])
+        n_ds = len(self.dataset_names)
+        names = [f"loss_dataset/{i}_{name}" for i, name in enumerate(self.dataset_names)] if n_ds > 1 else []
+        names += [f"loss_task/{task[:60]}" for task in self.data.tasks]
+        columns = range(n_ds, sums.shape[1]) if n_ds == 1 else range(sums.shape[1])
+        for name, column in zip(names, columns, strict=True):
+            if sums[1, column] > 0:
+                row[name] = float(sums[0, column] / sums[1, column])
         self._record(row, writer)
         if bar is not None:
             bar.set_postfix(
