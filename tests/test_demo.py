@@ -30,6 +30,7 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
 def test_sizes_fill_only_unset_fields():
     config = DemoConfig(quick=True, steps=7).resolved()
     assert config.size == "quick" and config.steps == 7 and config.episodes_per_task == 4
+    assert config.output_dir == "outputs/demo-quick"  # never collides with the default run's dataset
     assert DemoConfig().resolved().tasks.count(",") >= 1
     with pytest.raises(ConfigError, match="--size"):
         DemoConfig(size="huge").resolved()

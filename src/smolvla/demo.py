@@ -47,7 +47,7 @@ class DemoConfig:
     num_workers: int = 2
     seed: int = 0
     device: str | None = None  # cpu | cuda; none = cuda when available
-    output_dir: str = "outputs/demo"
+    output_dir: str | None = None  # none = outputs/demo (default size) or outputs/demo-<size>
 
     def resolved(self) -> DemoConfig:
         """A copy with the size's values filled in where no field was set explicitly."""
@@ -55,7 +55,8 @@ class DemoConfig:
         if size not in SIZES:
             raise ConfigError(f"--size must be one of {sorted(SIZES)}, got {size!r}")
         values = {k: v if getattr(self, k) is None else getattr(self, k) for k, v in SIZES[size].items()}
-        return dataclasses.replace(self, size=size, **values)
+        output_dir = self.output_dir or ("outputs/demo" if size == "default" else f"outputs/demo-{size}")
+        return dataclasses.replace(self, size=size, output_dir=output_dir, **values)
 
 
 def _env(cfg: DemoConfig):
