@@ -134,8 +134,7 @@ class Trainer:
         trainable = {n: p for n, p in self.policy.named_parameters() if p.requires_grad}
         self.ema = EMA(trainable, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.optimizer = make_optimizer(self.policy)
-        self.schedule = Schedule.for_run(self.policy.config, cfg.steps)
-        self.scheduler = make_scheduler(self.optimizer, self.schedule)
+        self.scheduler = make_scheduler(self.optimizer, Schedule.for_run(self.policy.config, cfg.steps))
         if state is not None:
             self._restore(state)
         if self.policy.config.compile_model:
