@@ -17,10 +17,13 @@ from smolvla.errors import ConfigError
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
 
+FILE_ONLY = {"file_only": True}  # field metadata: a structured setting (a list of records) only a config file sets
+
+
 def _fields(cls: type) -> dict[str, Any]:
-    """Settable field name → annotated type."""
+    """Flag-settable field name → annotated type."""
     hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init and not f.metadata.get("file_only")}
 
 
 def flag_names(config: Any, prefix: str = "") -> list[str]:

@@ -179,6 +179,18 @@ def _stats_from_json(raw: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
     return {k: {s: np.asarray(v, dtype=np.float64) for s, v in fields.items()} for k, fields in raw.items()}
 
 
+def read_stats(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
+    """A `meta/stats.json`-format file (feature → statistic → values), e.g. statistics fixed across runs."""
+    path = Path(path)
+    raw = read_json(path)
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise DatasetError(f"{path} must map each feature to its statistics ({{'action': {{'mean': [...]}}}})")
+    try:
+        return _stats_from_json(raw)
+    except (TypeError, ValueError) as e:
+        raise DatasetError(f"{path} holds a statistic that is not numeric: {e}") from e
+
+
 def load_meta(root: str | Path) -> DatasetMeta:
     """Read and validate the metadata of a local LeRobot dataset (v3.0 or v2.1)."""
     root = Path(root)

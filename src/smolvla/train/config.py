@@ -28,6 +28,9 @@ class DatasetArgs:
     weights: tuple[float, ...] = ()  # sampling proportion per dataset; empty = proportional to their frames
     val_fraction: float = 0.1  # share of each dataset's episodes held out for the validation loss
     cache_frames: bool = False  # decode all camera frames into RAM once (small datasets: much faster epochs)
+    # share of each dataset's training episodes used (1 = all; chosen by seed): bounded replay buffers
+    episode_fraction: tuple[float, ...] = ()
+    stats_path: str | None = None  # normalize with these statistics (stats.json format) instead of the datasets'
 
 
 @dataclass
@@ -102,6 +105,15 @@ class TrainConfig:
             raise ConfigError(
                 f"--dataset.weights has {len(self.dataset.weights)} values for {len(self.dataset.root)} datasets"
             )
+        if self.dataset.episode_fraction:
+            if len(self.dataset.episode_fraction) != len(self.dataset.root):
+                raise ConfigError(
+                    f"--dataset.episode_fraction has {len(self.dataset.episode_fraction)} values for "
+                    f"{len(self.dataset.root)} datasets"
+                )
+            bad = [f for f in self.dataset.episode_fraction if not 0.0 < f <= 1.0]
+            if bad:
+                raise ConfigError(f"--dataset.episode_fraction values must be in (0, 1], got {bad}")
         positive = {"batch_size": self.batch_size, "steps": self.steps, "grad_accum_steps": self.grad_accum_steps}
         positive.update(log_freq=self.log_freq, save_freq=self.save_freq, val_batches=self.val_batches)
         for name, value in positive.items():

@@ -31,18 +31,21 @@ class TrainData:
 
 
 def load_train_data(args: DatasetArgs, chunk_size: int, seed: int) -> TrainData:
-    """Open every dataset, hold out `val_fraction` of each one's episodes, and merge their statistics."""
-    from smolvla.data.stats import aggregate_stats
+    """Open every dataset, hold out `val_fraction` of each one's episodes (then keep `episode_fraction` of the rest),
+    and merge their statistics (or read the fixed ones of `stats_path`)."""
+    from smolvla.data.meta import read_stats
 
     train, val, stats, tasks = [], [], [], []
-    for root in args.root:
+    fractions = args.episode_fraction or (1.0,) * len(args.root)
+    for root, fraction in zip(args.root, fractions, strict=True):
         meta = load_meta(root)
         if len(meta.episode_index) == 0 or int(meta.length.sum()) == 0:
             raise DatasetError(f"dataset {root} has no frames to train on")
-        if meta.stats is None:
+        if meta.stats is None and not args.stats_path:
             raise DatasetError(f"dataset {root} has no meta/stats.json: normalization statistics are required")
         delta = chunk_delta_timestamps(chunk_size, meta.fps)
         train_eps, val_eps = split_episodes(meta.episode_index.tolist(), args.val_fraction, seed)
+        train_eps = episode_subset(train_eps, fraction, seed)
         train.append(LeRobotDataset(root, train_eps, delta, cache_frames=args.cache_frames))
         if val_eps:
             val.append(LeRobotDataset(root, val_eps, delta, cache_frames=args.cache_frames))
@@ -52,9 +55,24 @@ def load_train_data(args: DatasetArgs, chunk_size: int, seed: int) -> TrainData:
         train=MultiLeRobotDataset(train),
         val=MultiLeRobotDataset(val) if val else None,
         tasks=tasks,
-        stats=stats[0] if len(stats) == 1 else aggregate_stats(stats),
+        stats=read_stats(args.stats_path) if args.stats_path else _merge(stats),
         features=train[0].meta.features,
     )
+
+
+def _merge(stats: list[dict]) -> dict:
+    from smolvla.data.stats import aggregate_stats
+
+    return stats[0] if len(stats) == 1 else aggregate_stats(stats)
+
+
+def episode_subset(episodes: list[int], fraction: float, seed: int) -> list[int]:
+    """`fraction` of `episodes` (at least one), the same ones for the same seed: a bounded replay buffer."""
+    if fraction >= 1.0:
+        return episodes
+    keep = max(1, round(len(episodes) * fraction))
+    order = np.random.default_rng([seed, len(episodes)]).permutation(len(episodes))[:keep]
+    return sorted(episodes[i] for i in order)
 
 
 def batch_seed(seed: int, index: int, stream: int = 0) -> int:

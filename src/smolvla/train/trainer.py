@@ -178,27 +178,8 @@ class Trainer:
         workers = self.config.num_workers
         return DataLoader(train, batch_sampler=batches, num_workers=workers)
 
-    def _noise(self, index: int, global_batch: int, stream: int, world: int = 1, rank: int = 0):
-        cfg = self.policy.config
-        g = torch.Generator().manual_seed(batch_seed(self.config.seed, index, stream))
-        noise = torch.randn(global_batch, cfg.chunk_size, cfg.max_action_dim, generator=g)
-        t = self.policy.model.sample_time(global_batch, torch.device("cpu"), generator=g)
-        local = slice(rank * (global_batch // world), (rank + 1) * (global_batch // world))
-        device = self.accelerator.device
-        return noise[local].to(device), t[local].to(device)
-
     def _autocast(self):
-        device = self.accelerator.device.type
-        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.config.policy.use_amp)
-
-    def _element_counts(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Valid (non-padded) action elements per sample: the weights of LeRobot's mean."""
-        cfg = self.policy.config
-        is_pad = batch.get("action_is_pad")
-        steps = (
-            cfg.chunk_size - is_pad.sum(1) if is_pad is not None else torch.full((len(batch["task"]),), cfg.chunk_size)
-        )
-        return (steps * cfg.action_dim).float().to(self.accelerator.device)
+        return autocast(self.accelerator.device, self.config.policy.use_amp)
 
     # --- the loop ---
     def run(self) -> TrainResult:
@@ -222,11 +203,13 @@ class Trainer:
             for micro in range(accum):
                 index = step * accum + micro
                 raw = next(batches)
-                counts = self._element_counts(raw)
+                counts = element_counts(raw, self.policy.config).to(device)
                 task_idx = torch.tensor([self.task_ids[t] for t in raw["task"]], device=device)
                 ds_idx = raw["dataset_index"].to(device)
                 batch = self.pre(raw)
-                noise, t = self._noise(index, cfg.batch_size, TRAIN_STREAM, self.world, self.rank)
+                noise, t = batch_noise(
+                    self.policy, cfg.seed, index, cfg.batch_size, TRAIN_STREAM, self.world, self.rank
+                )
                 sync = micro == accum - 1
                 with contextlib.nullcontext() if sync else acc.no_sync(self.model), self._autocast():
                     per_sample = self.model(batch, noise=noise, time=t, reduction="none").float()
@@ -338,27 +321,15 @@ class Trainer:
             )  # fmt: skip
         return row["train/loss"]
 
-    @torch.no_grad()
     def _validate(self, step: int, writer) -> float | None:
         """Loss on held-out episodes: a fixed sample of frames with fixed noise, so values compare across steps."""
         val = None
         if self.main:
-            data = self.data.val
-            g = torch.Generator().manual_seed(batch_seed(self.config.seed, 0, VAL_STREAM))
-            size = min(len(data), self.config.val_batches * self.config.batch_size)
-            indices = torch.randperm(len(data), generator=g)[:size].tolist()
-            loader = DataLoader(data, batch_size=self.config.batch_size, sampler=indices)
-            self.policy.eval()
-            total, count = 0.0, 0.0
-            for k, raw in enumerate(loader):
-                counts = self._element_counts(raw)
-                noise, t = self._noise(k, len(raw["task"]), VAL_STREAM)
-                with self._autocast():
-                    per_sample = self.policy.compute_loss(self.pre(raw), noise=noise, time=t, reduction="none")
-                total += float((per_sample.float() * counts).sum())
-                count += float(counts.sum())
+            cfg = self.config
+            val = validation_loss(
+                self.policy, self.pre, self.data.val, cfg.batch_size, cfg.val_batches, cfg.seed, cfg.policy.use_amp
+            )
             self.policy.train()
-            val = total / count
             self._record({"step": step, "val/loss": val}, writer)
         self.accelerator.wait_for_everyone()
         return val
@@ -391,9 +362,58 @@ class Trainer:
         acc.wait_for_everyone()
 
 
+def element_counts(batch: dict[str, Any], cfg) -> torch.Tensor:
+    """Valid (non-padded) action elements per sample: the weights of LeRobot's mean."""
+    is_pad = batch.get("action_is_pad")
+    n = len(batch["task"])
+    steps = cfg.chunk_size - is_pad.sum(1) if is_pad is not None else torch.full((n,), cfg.chunk_size)
+    return (steps * cfg.action_dim).float()
+
+
+def batch_noise(policy, seed: int, index: int, global_batch: int, stream: int, world: int = 1, rank: int = 0):
+    """Flow-matching noise and times of global batch `index` of `stream`, this process's slice, on the policy's
+    device: a pure function of (seed, stream, index), whatever the process count."""
+    cfg = policy.config
+    g = torch.Generator().manual_seed(batch_seed(seed, index, stream))
+    noise = torch.randn(global_batch, cfg.chunk_size, cfg.max_action_dim, generator=g)
+    t = policy.model.sample_time(global_batch, torch.device("cpu"), generator=g)
+    local = slice(rank * (global_batch // world), (rank + 1) * (global_batch // world))
+    device = next(policy.parameters()).device
+    return noise[local].to(device), t[local].to(device)
+
+
+def autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+@torch.no_grad()
+def validation_loss(policy, pre, data, batch_size: int, max_batches: int, seed: int, use_amp: bool = False) -> float:
+    """LeRobot's loss (mean over valid action elements) on a fixed sample of `data` with fixed noise.
+
+    The sample and the noise depend only on `seed`, so the value compares across steps, stages and runs: the
+    trainer's validation curve and continual learning's per-task forgetting check use it. Leaves `policy` in eval
+    mode.
+    """
+    g = torch.Generator().manual_seed(batch_seed(seed, 0, VAL_STREAM))
+    size = min(len(data), max_batches * batch_size)
+    indices = torch.randperm(len(data), generator=g)[:size].tolist()
+    loader = DataLoader(data, batch_size=batch_size, sampler=indices)
+    device = next(policy.parameters()).device
+    policy.eval()
+    total, count = 0.0, 0.0
+    for k, raw in enumerate(loader):
+        counts = element_counts(raw, policy.config).to(device)
+        noise, t = batch_noise(policy, seed, k, len(raw["task"]), VAL_STREAM)
+        with autocast(device, use_amp):
+            per_sample = policy.compute_loss(pre(raw), noise=noise, time=t, reduction="none")
+        total += float((per_sample.float() * counts).sum())
+        count += float(counts.sum())
+    return total / count
+
+
 def train(config: TrainConfig) -> TrainResult:
     """Run (or resume) training as configured; returns where everything was written."""
     return Trainer(config).run()
 
 
-__all__ = ["EMA", "TrainResult", "Trainer", "train"]
+__all__ = ["EMA", "TrainResult", "Trainer", "train", "validation_loss"]
