@@ -4,6 +4,9 @@ Commands:
   collect  run Meta-World's scripted experts and write their successful episodes as a LeRobot v3.0 dataset.
   train    train SmolVLA on local LeRobot datasets (from scratch or `--policy.path` fine-tuning), with checkpoints,
            exact `--resume=true`, TensorBoard, validation loss; multi-process via `accelerate launch`.
+  continual  learn tasks one after another (stages from a YAML `--config_path`) with replay of earlier tasks, a
+           per-stage lr factor and freezing; after each stage, validation loss and Meta-World success on every task
+           seen so far; success matrix, FWT/NBT/AUC. `--method=sequential|multitask` runs the baselines.
   demo     the whole loop on a built-in default: collect Meta-World demos, train a small SmolVLA, evaluate it.
   eval     run a policy (a checkpoint, `expert` or `random`) closed-loop on Meta-World tasks: success per task and
            difficulty, episode length, chunk latency; JSON, a bar chart and rollout videos.
@@ -34,6 +37,13 @@ def train(config) -> int:
     result = run(config)
     print(f"trained {result.step} steps in {result.seconds:.0f} s; final checkpoint: {result.checkpoint}")
     print(f"metrics: {result.metrics}  TensorBoard: tensorboard --logdir {result.tensorboard}")
+    return 0
+
+
+def continual(config) -> int:
+    from smolvla.continual.runner import run_continual
+
+    run_continual(config)
     return 0
 
 
@@ -71,6 +81,11 @@ def _configs():
 
         return TrainConfig()
 
+    def continual_config():
+        from smolvla.continual.config import ContinualConfig
+
+        return ContinualConfig()
+
     def demo_config():
         from smolvla.demo import DemoConfig
 
@@ -80,6 +95,7 @@ def _configs():
         "collect": (collect_config, collect),
         "train": (train_config, train),
         "eval": (eval_config, evaluate),
+        "continual": (continual_config, continual),
         "demo": (demo_config, demo),
     }
 
@@ -91,6 +107,8 @@ def _parse(name: str, make_config, flags: list[str]):
         from smolvla.train.config import TrainConfig
 
         return TrainConfig.from_flags(flags)
+    if name == "continual":  # tasks and stages come from the --config_path file
+        return make_config().from_flags(flags)
     return apply_flags(make_config(), flags)
 
 
