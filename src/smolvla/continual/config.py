@@ -131,8 +131,12 @@ class ContinualConfig:
             raise ConfigError("--eval.episodes must be >= 0 and --eval.val_batches >= 1")
         if not 1.0 <= self.forgetting.slight <= self.forgetting.significant:
             raise ConfigError("forgetting thresholds must satisfy 1 <= slight <= significant")
-        if self.train.dataset.root or self.train.dataset.weights or self.train.dataset.stats_path:
-            raise ConfigError("train.dataset.root/weights/stats_path are set per stage from `tasks`; leave them unset")
+        data = self.train.dataset
+        if data.root or data.weights or data.episode_fraction or data.stats_path:
+            raise ConfigError(
+                "train.dataset.root/weights/episode_fraction/stats_path are set per stage from `tasks`, `stages` and "
+                "`replay`; leave them unset"
+            )
         if not self.tasks or not self.stages:
             raise ConfigError("a continual run needs `tasks` and `stages` lists (in the --config_path file)")
         ids = [t.id for t in self.tasks]
