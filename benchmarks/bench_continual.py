@@ -1,9 +1,10 @@
 """Continual learning on Meta-World: sequential fine-tuning vs replay vs multi-task, with forgetting measured.
 
     .venv/bin/python benchmarks/bench_continual.py [--config benchmarks/configs/continual_metaworld.yaml]
-        [--methods sequential,replay,multitask] [--episodes_per_task 30]
+        [--methods sequential,replay,multitask,replay-budget] [--budget 0.1] [--episodes_per_task 30]
 
 Collects scripted-expert demos per task (once), then runs `smolvla continual` with each method on the same config
+(`replay-budget`: replay with a bounded buffer of `--budget` of each earlier task's episodes, in its own directory)
 and prints one table: per-method success matrix summary, FWT / NBT / AUC, final success and wall times. Writes
 benchmarks/results/continual_<device>.json; each method's run directory keeps its heat-map and TensorBoard log.
 Reruns reuse the datasets and every finished stage.
@@ -42,6 +43,14 @@ def collect_tasks(config, episodes: int, image_size: int, cameras: tuple[str, ..
     return time.perf_counter() - started
 
 
+def _replay_label(config) -> str:
+    if config.method != "replay":
+        return "—"
+    shares = [1.0 - config.mixture(k)[s.task] for k, s in enumerate(config.stages)]
+    buffer = "whole datasets" if config.replay.strategy == "full" else f"{config.replay.budget:.0%} of episodes"
+    return f"≤ {max(shares):.0%} of batches; {buffer}"
+
+
 def main() -> None:
     from smolvla.configs import load_config_file
     from smolvla.continual.config import ContinualConfig
@@ -50,6 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default=str(CONFIG))
     parser.add_argument("--methods", default="sequential,replay,multitask")
+    parser.add_argument("--budget", type=float, default=0.1)
     parser.add_argument("--episodes_per_task", type=int, default=30)
     parser.add_argument("--cameras", default="corner2,gripperPOV")
     parser.add_argument("--threads", type=int, default=2)
@@ -62,14 +72,17 @@ def main() -> None:
     rows = []
     for method in args.methods.split(","):
         config = ContinualConfig.from_mapping(load_config_file(args.config))
-        config.method = method
+        config.method = method.removesuffix("-budget")
+        if method.endswith("-budget"):
+            config.replay.strategy, config.replay.budget = "budget", args.budget
+            config.output_dir = f"{config.output_dir}-budget{args.budget:g}"
         started = time.perf_counter()
         results = run_continual(config)
         m = results["metrics"] or {}
         final = results["success_matrix"][-1]
         rows.append({
             "method": method,
-            "replay": "—" if method != "replay" else f"{config.replay.strategy}",
+            "replay": _replay_label(config),
             "final_success": " / ".join("—" if v is None else f"{v:.1f}" for v in final),
             "final_mean": round(results["final_mean_success"], 3),
             "FWT": None if not m else round(m["FWT"], 3),
@@ -90,8 +103,8 @@ def main() -> None:
         "tasks": [t.id for t in base.tasks],
     }
     columns = {
-        "method": "method", "final success per task": "final_success", "mean": "final_mean", "FWT": "FWT",
-        "NBT": "NBT", "AUC": "AUC", "train min": "train_min", "eval min": "eval_min",
+        "method": "method", "replay": "replay", "final success per task": "final_success", "mean": "final_mean",
+        "FWT": "FWT", "NBT": "NBT", "AUC": "AUC", "train min": "train_min", "eval min": "eval_min",
     }  # fmt: skip
     report(f"continual_{machine['device']}", machine, rows, columns)
 

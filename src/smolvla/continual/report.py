@@ -25,7 +25,8 @@ def plot_matrix(results: dict[str, Any], path: Path) -> Path:
     for i in range(rows):
         for j in range(cols):
             if np.isfinite(values[i, j]):
-                ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", color="w", fontsize=9)
+                dark = image.norm(values[i, j]) < 0.6  # white on viridis' dark end, black on its yellow end
+                ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", color="w" if dark else "k", fontsize=9)
     ax.set_xticks(range(cols), results["tasks"], rotation=30, ha="right")
     ax.set_yticks(range(rows), [s["name"] for s in results["stages"]])
     ax.set_xlabel("task")
