@@ -130,6 +130,7 @@ def run_evaluation(
 
 def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     """The `smolvla eval` job: resolve the agent and env, run, and write JSON, chart and videos."""
+    from smolvla.atomic import atomic_write_text
     from smolvla.eval.report import plot_success, print_table, write_videos
 
     tasks = resolve_tasks(config.env.task)
@@ -153,9 +154,7 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     summary["videos"] = write_videos(episodes, env, out / "videos")
     summary["chart"] = str(plot_success(summary, out / "success.png"))
-    tmp = out / "eval_info.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    tmp.replace(out / "eval_info.json")
+    atomic_write_text(out / "eval_info.json", json.dumps(summary, indent=2) + "\n")
     if progress:
         print_table(summary)
     return summary
