@@ -7,6 +7,9 @@ Commands:
   continual  learn tasks one after another (stages from a YAML `--config_path`) with replay of earlier tasks, a
            per-stage lr factor and freezing; after each stage, validation loss and Meta-World success on every task
            seen so far; success matrix, FWT/NBT/AUC. `--method=sequential|multitask` runs the baselines.
+  reflow   straighten a trained policy's flow: k rounds of reflow on its own (noise, ODE solution) pairs, each round
+           training a student from its teacher (`--policy.teacher_path`), pairs solved once into a cache.
+  distill  train a one-step student from a (rectified) teacher: noise → the teacher's actions in one Euler step.
   demo     the whole loop on a built-in default: collect Meta-World demos, train a small SmolVLA, evaluate it.
   eval     run a policy (a checkpoint, `expert` or `random`) closed-loop on Meta-World tasks: success per task and
            difficulty, episode length, chunk latency; JSON, a bar chart and rollout videos.
@@ -44,6 +47,21 @@ def continual(config) -> int:
     from smolvla.continual.runner import run_continual
 
     run_continual(config)
+    return 0
+
+
+def reflow(config) -> int:
+    from smolvla.reflow.run import run_reflow
+
+    for k, path in enumerate(run_reflow(config), start=1):
+        print(f"round {k}: {path}")
+    return 0
+
+
+def distill(config) -> int:
+    from smolvla.reflow.run import run_distill
+
+    print(f"one-step policy: {run_distill(config)}")
     return 0
 
 
@@ -86,6 +104,16 @@ def _configs():
 
         return ContinualConfig()
 
+    def reflow_config():
+        from smolvla.reflow.run import ReflowConfig
+
+        return ReflowConfig()
+
+    def distill_config():
+        from smolvla.reflow.run import DistillConfig
+
+        return DistillConfig()
+
     def demo_config():
         from smolvla.demo import DemoConfig
 
@@ -96,6 +124,8 @@ def _configs():
         "train": (train_config, train),
         "eval": (eval_config, evaluate),
         "continual": (continual_config, continual),
+        "reflow": (reflow_config, reflow),
+        "distill": (distill_config, distill),
         "demo": (demo_config, demo),
     }
 
@@ -107,7 +137,7 @@ def _parse(name: str, make_config, flags: list[str]):
         from smolvla.train.config import TrainConfig
 
         return TrainConfig.from_flags(flags)
-    if name == "continual":  # tasks and stages come from the --config_path file
+    if name in ("continual", "reflow", "distill"):  # settings files, and checks across fields
         return make_config().from_flags(flags)
     return apply_flags(make_config(), flags)
 

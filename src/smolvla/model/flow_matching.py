@@ -1,7 +1,8 @@
 """SmolVLA's flow-matching head: prefix/suffix embedding, the training loss and Euler sampling.
 
-Conventions (LeRobot / openpi): t ~ Beta(1.5, 1) * 0.999 + 0.001, x_t = t * noise + (1 - t) * actions, the network
-regresses u = noise - actions, and sampling integrates from t = 1 (noise) to t = 0 (actions) with dt = -1/num_steps.
+Conventions (LeRobot / openpi, see `rectified_flow`): t ~ Beta(1.5, 1) * 0.999 + 0.001, x_t = t * noise + (1 - t) *
+actions, the network regresses u = noise - actions, and sampling integrates from t = 1 (noise) to t = 0 (actions)
+with dt = -1/num_steps.
 Everything here works in model space: state/actions padded to max_state_dim/max_action_dim and already normalized,
 images already resized and mapped to [-1, 1]; `SmolVLAPolicy` turns user batches into that.
 """
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 
 from smolvla.model.backbone import Backbone
 from smolvla.model.config import SmolVLAConfig
+from smolvla.model.rectified_flow import euler_sample, interpolate
 from smolvla.model.vlm_with_expert import PrefixCache, VLMWithExpert
 
 
@@ -132,28 +134,20 @@ class VLAFlowMatching(nn.Module):
 
     def losses(self, prefix: Prefix, actions: Tensor, noise: Tensor, time: Tensor) -> dict[str, Tensor]:
         """Element-wise flow-matching loss (B, chunk, max_action_dim) and its ingredients."""
-        t = time[:, None, None]
-        x_t = t * noise + (1 - t) * actions
-        u_t = noise - actions
+        x_t, u_t = interpolate(noise, actions, time)
         v_t = self.velocity(self.encode(prefix), x_t, time)
         return {"losses_raw": F.mse_loss(v_t, u_t, reduction="none"), "x_t": x_t, "u_t": u_t, "v_t": v_t}
 
     @torch.no_grad()
     def sample(self, prefix: Prefix, noise: Tensor, num_steps: int, return_velocities: bool = False):
-        """Euler-integrate from noise (t = 1) to actions (t = 0); the prefix is encoded once for all steps.
+        """Euler-integrate from noise (t = 1) to actions (t = 0) (`euler_sample`); the prefix is encoded once.
 
-        Step k evaluates t_k = 1 - k / num_steps (not a float32 running sum), as LeRobot 0.6.1 does, so the same
-        noise gives the same actions. With `use_cache=False` the prefix is re-encoded at every step (LeRobot's
-        uncached path; only useful to check that the cache changes nothing).
+        With `use_cache=False` the prefix is re-encoded at every step (LeRobot's uncached path; only useful to check
+        that the cache changes nothing).
         """
         cache = self.encode(prefix) if self.config.use_cache else None
-        batch = noise.shape[0]
-        dt = -1.0 / num_steps
-        x_t = noise.float()
-        velocities = []
-        for k in range(num_steps):
-            time = torch.full((batch,), 1.0 + k * dt, dtype=torch.float32, device=noise.device)
-            v_t = self.velocity(cache if cache is not None else self.encode(prefix), x_t, time)
-            x_t = x_t + dt * v_t
-            velocities.append(v_t)
-        return (x_t, torch.stack(velocities)) if return_velocities else x_t
+
+        def velocity(x_t: Tensor, time: Tensor) -> Tensor:
+            return self.velocity(cache if cache is not None else self.encode(prefix), x_t, time)
+
+        return euler_sample(velocity, noise, num_steps, return_velocities)

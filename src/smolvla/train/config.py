@@ -33,6 +33,9 @@ class DatasetArgs:
     stats_path: str | None = None  # normalize with these statistics (stats.json format) instead of the datasets'
 
 
+REFLOW_FIELDS = ("use_reflow", "teacher_path", "reflow_num_inference_steps", "reflow_pairs", "reflow_one_step")
+
+
 @dataclass
 class PolicyArgs:
     """Where the policy comes from, plus SmolVLA config fields to override (None keeps the preset's/checkpoint's)."""
@@ -42,6 +45,12 @@ class PolicyArgs:
     tokenizer: str | None = None  # directory with tokenizer.json; default: the checkpoint's, or learnt from tasks
     device: str | None = None  # cpu | cuda | cuda:1 ...; none = cuda when available
     use_amp: bool = False  # bf16 autocast for forward and backward
+    # Reflow / one-step distillation (smolvla.reflow): train on a frozen teacher's (noise, ODE solution) pairs.
+    use_reflow: bool = False
+    teacher_path: str | None = None  # the teacher's pretrained_model directory (also the student's default init)
+    reflow_num_inference_steps: int = 10  # Euler steps of the teacher's ODE solve
+    reflow_pairs: str | None = None  # a pair cache from `smolvla reflow` (generated once); none = teacher online
+    reflow_one_step: bool = False  # distillation: train only at t = 1 (one-step map noise → teacher's actions)
     # SmolVLA config fields (LeRobot names); architecture fields only apply when training from scratch.
     compile_model: bool | None = None  # torch.compile the flow-matching loss
     compile_mode: str | None = None  # torch.compile mode (LeRobot's default: max-autotune)
@@ -64,7 +73,7 @@ class PolicyArgs:
 
     def overrides(self) -> dict[str, Any]:
         """The SmolVLA config fields set on the command line, in SmolVLAConfig's names."""
-        own = {"path", "preset", "tokenizer", "device", "use_amp"}
+        own = {"path", "preset", "tokenizer", "device", "use_amp", *REFLOW_FIELDS}
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -124,8 +133,21 @@ class TrainConfig:
                 raise ConfigError(f"--{name} must be >= 0, got {value}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"--ema_decay must be in [0, 1), got {self.ema_decay}")
+        self._validate_reflow()
         if self.policy.preset not in ("tiny", "smolvla_base") and self.policy.path is None:
             raise ConfigError(f"--policy.preset must be tiny or smolvla_base, got {self.policy.preset!r}")
+
+    def _validate_reflow(self) -> None:
+        p = self.policy
+        if not p.use_reflow:
+            given = [f for f in REFLOW_FIELDS[1:] if getattr(p, f) != getattr(PolicyArgs, f)]
+            if given:
+                raise ConfigError(f"--policy.{given[0]} is a reflow setting: add --policy.use_reflow=true")
+            return
+        if p.teacher_path is None:
+            raise ConfigError("--policy.use_reflow=true needs --policy.teacher_path=<the teacher's pretrained_model>")
+        if p.reflow_num_inference_steps < 1:
+            raise ConfigError(f"--policy.reflow_num_inference_steps must be >= 1, got {p.reflow_num_inference_steps}")
 
     def to_dict(self) -> dict[str, Any]:
         return to_mapping(self)

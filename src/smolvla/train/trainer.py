@@ -10,6 +10,7 @@ last checkpoint after a SIGKILL reaches bit-identical weights on CPU.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -23,8 +24,15 @@ from torch.utils.data import DataLoader
 
 from smolvla.errors import CheckpointError, ConfigError
 from smolvla.train import checkpoint as ckpt
-from smolvla.train.build import build_policy, build_processors, check_compatible, make_tokenizer, planned_chunk_size
-from smolvla.train.config import TrainConfig, check_resumable
+from smolvla.train.build import (
+    build_policy,
+    build_processors,
+    check_compatible,
+    make_tokenizer,
+    planned_chunk_size,
+    pretrained_dir,
+)
+from smolvla.train.config import PolicyArgs, TrainConfig, check_resumable
 from smolvla.train.data import GlobalBatches, batch_seed, load_train_data
 from smolvla.train.optim import Schedule, make_optimizer, make_scheduler
 
@@ -120,17 +128,27 @@ class Trainer:
             policy = SmolVLAPolicy.from_pretrained(self.resumed_from / ckpt.PRETRAINED_MODEL)
             chunk = policy.config.chunk_size
         else:
-            chunk = planned_chunk_size(cfg.policy)
+            chunk = planned_chunk_size(self._policy_args())
         self.data = load_train_data(cfg.dataset, chunk, cfg.seed)
         if state is None:
-            policy = build_policy(cfg.policy, self.data)
-            self.pre, self.post = build_processors(
-                policy, make_tokenizer(cfg.policy, self.data.tasks), self.data, device
-            )
+            policy = build_policy(self._policy_args(), self.data)
+            if cfg.policy.use_reflow:  # the student reads the teacher's batches (see smolvla.reflow.teacher)
+                self.pre, self.post = load_processors(pretrained_dir(cfg.policy.teacher_path), device=device)
+                if cfg.policy.reflow_one_step:
+                    policy.config.num_steps = 1  # what the distilled policy is for
+            else:
+                self.pre, self.post = build_processors(
+                    policy, make_tokenizer(cfg.policy, self.data.tasks), self.data, device
+                )
         else:
             check_compatible(policy, self.data.features)
             self.pre, self.post = load_processors(self.resumed_from / ckpt.PRETRAINED_MODEL, device=device)
         self.policy = policy.to(self.accelerator.device)
+        self.reflow = None
+        if cfg.policy.use_reflow:
+            from smolvla.reflow.teacher import ReflowTargets
+
+            self.reflow = ReflowTargets(cfg.policy, cfg.dataset, self.policy, cfg.seed, cfg.policy.use_amp)
         trainable = {n: p for n, p in self.policy.named_parameters() if p.requires_grad}
         self.ema = EMA(trainable, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.optimizer = make_optimizer(self.policy)
@@ -144,6 +162,16 @@ class Trainer:
         self.model, self.optimizer = self.accelerator.prepare(self.policy, self.optimizer)
         self.task_ids = {t: i for i, t in enumerate(self.data.tasks)}
         self.dataset_names = [Path(r).name for r in cfg.dataset.root]
+
+    def _policy_args(self) -> PolicyArgs:
+        """The run's policy settings; a reflow student starts from its teacher unless --policy.path says otherwise."""
+        args = self.config.policy
+        if not args.use_reflow:
+            return args
+        from smolvla.reflow.teacher import teacher_dir
+
+        teacher_dir(args.teacher_path)  # a missing teacher is named as such, not as a bad --policy.path
+        return args if args.path is not None else dataclasses.replace(args, path=args.teacher_path)
 
     def _restore(self, state: dict[str, Any]) -> None:
         try:
@@ -203,13 +231,15 @@ class Trainer:
             for micro in range(accum):
                 index = step * accum + micro
                 raw = next(batches)
-                counts = element_counts(raw, self.policy.config).to(device)
                 task_idx = torch.tensor([self.task_ids[t] for t in raw["task"]], device=device)
                 ds_idx = raw["dataset_index"].to(device)
                 batch = self.pre(raw)
                 noise, t = batch_noise(
                     self.policy, cfg.seed, index, cfg.batch_size, TRAIN_STREAM, self.world, self.rank
                 )
+                if self.reflow is not None:
+                    batch, noise, t = self.reflow(raw, batch, noise, t, index)
+                counts = element_counts(batch.get("action_is_pad"), len(raw["task"]), self.policy.config).to(device)
                 sync = micro == accum - 1
                 with contextlib.nullcontext() if sync else acc.no_sync(self.model), self._autocast():
                     per_sample = self.model(batch, noise=noise, time=t, reduction="none").float()
@@ -362,11 +392,9 @@ class Trainer:
         acc.wait_for_everyone()
 
 
-def element_counts(batch: dict[str, Any], cfg) -> torch.Tensor:
-    """Valid (non-padded) action elements per sample: the weights of LeRobot's mean."""
-    is_pad = batch.get("action_is_pad")
-    n = len(batch["task"])
-    steps = cfg.chunk_size - is_pad.sum(1) if is_pad is not None else torch.full((n,), cfg.chunk_size)
+def element_counts(is_pad: torch.Tensor | None, n: int, cfg) -> torch.Tensor:
+    """Valid (non-padded) action elements of each of `n` samples: the weights of LeRobot's mean."""
+    steps = cfg.chunk_size - is_pad.sum(1).cpu() if is_pad is not None else torch.full((n,), cfg.chunk_size)
     return (steps * cfg.action_dim).float()
 
 
@@ -402,7 +430,7 @@ def validation_loss(policy, pre, data, batch_size: int, max_batches: int, seed: 
     policy.eval()
     total, count = 0.0, 0.0
     for k, raw in enumerate(loader):
-        counts = element_counts(raw, policy.config).to(device)
+        counts = element_counts(raw.get("action_is_pad"), len(raw["task"]), policy.config).to(device)
         noise, t = batch_noise(policy, seed, k, len(raw["task"]), VAL_STREAM)
         with autocast(device, use_amp):
             per_sample = policy.compute_loss(pre(raw), noise=noise, time=t, reduction="none")

@@ -1,0 +1,1 @@
+"""Reflow (rectified flow) and one-step distillation of SmolVLA policies, and their measurement."""
