@@ -176,3 +176,29 @@ def test_reflow_targets_check_the_action_width(dataset, teacher):
     args = PolicyArgs(use_reflow=True, teacher_path=str(teacher))
     with pytest.raises(ConfigError, match="action_dim=3, the student action_dim=2"):
         ReflowTargets(args, DatasetArgs(root=(str(dataset),)), student, seed=0, use_amp=False)
+
+
+def test_step_count_measurements(dataset, teacher):
+    from smolvla.reflow.measure import action_errors, chunk_latency
+    from smolvla.train.data import batch_seed
+
+    pre, _ = load_processors(teacher)
+    data = load_train_data(DatasetArgs(root=(str(dataset),)), 5, seed=1000).train
+    policies = {"teacher": SmolVLAPolicy.from_pretrained(teacher).eval()}
+    policies["noisy"] = SmolVLAPolicy.from_pretrained(teacher).eval()
+    with torch.no_grad():
+        policies["noisy"].model.action_out_proj.bias.add_(0.5)
+    out = action_errors(policies, pre, data, [1, 2], reference="teacher", reference_steps=4, batch_size=6,
+                        max_batches=1, seed=5)  # fmt: skip
+    # Recompute the noisy policy's 2-step error against the 4-step teacher by hand on the same frames and noise.
+    indices = torch.randperm(len(data), generator=torch.Generator().manual_seed(5))[:6].tolist()
+    batch = pre(torch.utils.data.default_collate([data[i] for i in indices]))
+    noise = torch.randn(6, 5, 32, generator=torch.Generator().manual_seed(batch_seed(5, 0, 4)))
+    reference = policies["teacher"].predict_chunk(batch, noise=noise, num_steps=4)
+    noisy = policies["noisy"].predict_chunk(batch, noise=noise, num_steps=2)
+    expected = (noisy - reference).pow(2).mean().item()
+    assert out["noisy"]["mse_reference"][2] == pytest.approx(expected, rel=1e-5)
+    assert out["noisy"]["mse_reference"][2] > out["teacher"]["mse_reference"][2] > 0
+    assert all(out[name]["straightness"] > 0 for name in policies)
+    latency = chunk_latency(policies["teacher"], pre(torch.utils.data.default_collate([data[0]])), [1, 4], repeats=3)
+    assert set(latency) == {1, 4} and all(ms > 0 for ms in latency.values())

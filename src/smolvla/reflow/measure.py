@@ -1,0 +1,107 @@
+"""How straight a policy's flow is and what fewer denoising steps cost, measured on held-out frames.
+
+For each policy and step count: mean squared error (normalized action space, real action dims, valid steps) of the
+sampled chunk against the ground-truth chunk and against a reference policy's chunk (the 10-step teacher) from the
+same noise; the straightness of its trajectories (`rectified_flow.straightness` over a `reference_steps` solve); and
+the latency of one chunk at batch 1 (observation encoding included, as a robot pays it).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from smolvla.model.rectified_flow import euler_sample, straightness
+
+
+def _solutions(policy, batch: dict[str, Any], noise: Tensor, step_counts: list[int]):
+    """The chunk at every step count and the velocities of the largest one, the prefix encoded once."""
+    model = policy.model
+    cache = model.encode(policy.prepare_observation(batch))
+
+    def velocity(x_t: Tensor, time: Tensor) -> Tensor:
+        return model.velocity(cache, x_t, time)
+
+    noise = noise.to(policy.device)
+    out, velocities = {}, None
+    for n in step_counts:
+        if n == max(step_counts):
+            out[n], velocities = euler_sample(velocity, noise, n, return_velocities=True)
+        else:
+            out[n] = euler_sample(velocity, noise, n)
+    return {n: x.cpu() for n, x in out.items()}, velocities.cpu()
+
+
+@torch.no_grad()
+def action_errors(
+    policies: dict[str, Any],
+    pre,
+    data,
+    step_counts: list[int],
+    reference: str,
+    reference_steps: int = 10,
+    batch_size: int = 32,
+    max_batches: int = 4,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """{policy: {"mse_data": {n: ...}, "mse_reference": {n: ...}, "straightness": ...}} on a fixed sample of `data`.
+
+    All policies share `pre` (reflow students use their teacher's processors) and see the same frames and noise.
+    """
+    from torch.utils.data import DataLoader
+
+    from smolvla.train.data import batch_seed
+
+    g = torch.Generator().manual_seed(seed)
+    indices = torch.randperm(len(data), generator=g)[: max_batches * batch_size].tolist()
+    loader = DataLoader(data, batch_size=batch_size, sampler=indices)
+    counts = sorted(set(step_counts))
+    sums = {name: {"data": dict.fromkeys(counts, 0.0), "ref": dict.fromkeys(counts, 0.0), "s": 0.0}
+            for name in policies}  # fmt: skip
+    elements, samples = 0.0, 0
+    for k, raw in enumerate(loader):
+        batch = pre(raw)
+        any_policy = next(iter(policies.values()))
+        cfg = any_policy.config
+        actions, is_pad = any_policy.prepare_actions(batch)
+        dim = cfg.action_dim
+        valid = torch.ones(actions.shape[:2]) if is_pad is None else (~is_pad).float().cpu()
+        noise = torch.randn(actions.shape, generator=torch.Generator().manual_seed(batch_seed(seed, k, 4)))
+        ref_chunk = _solutions(policies[reference], batch, noise, [reference_steps])[0][reference_steps]
+        for name, policy in policies.items():
+            chunks, velocities = _solutions(policy, batch, noise, [*counts, reference_steps])
+            for n in counts:
+                err = (chunks[n] - actions.cpu())[..., :dim].pow(2).sum(-1)
+                sums[name]["data"][n] += float((err * valid).sum())
+                sums[name]["ref"][n] += float((chunks[n] - ref_chunk)[..., :dim].pow(2).sum())
+            sums[name]["s"] += float(straightness(velocities[..., :dim]).sum())
+        elements += float(valid.sum()) * dim
+        samples += actions.shape[0]
+    full = samples * cfg.chunk_size * dim
+    return {
+        name: {
+            "mse_data": {n: s["data"][n] / elements for n in counts},
+            "mse_reference": {n: s["ref"][n] / full for n in counts},
+            "straightness": s["s"] / samples,
+        }
+        for name, s in sums.items()
+    }
+
+
+@torch.no_grad()
+def chunk_latency(policy, batch: dict[str, Any], step_counts: list[int], repeats: int = 20) -> dict[int, float]:
+    """Median milliseconds of `predict_chunk` (encoding + n expert steps) on `batch`, per step count."""
+    out = {}
+    for n in step_counts:
+        for _ in range(3):
+            policy.predict_chunk(batch, num_steps=n)
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            policy.predict_chunk(batch, num_steps=n)
+            times.append(time.perf_counter() - started)
+        out[n] = 1000 * sorted(times)[len(times) // 2]
+    return out
