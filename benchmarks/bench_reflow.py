@@ -152,9 +152,10 @@ def main() -> None:
     held_out = load_train_data(DatasetArgs(root=tuple(roots), val_fraction=0.1), 10, seed=0).val
     offline = action_errors(policies, pre, held_out, OFFLINE_STEPS, reference="1-RF (teacher)")
     sample = pre(torch.utils.data.default_collate([held_out[0]]))
+    # Latency first, for every policy back to back, before any evaluation worker runs.
+    latency = {name: chunk_latency(policy, sample, step_counts, repeats=30) for name, policy in policies.items()}
     rows = []
-    for name, policy in policies.items():
-        latency = chunk_latency(policy, sample, step_counts)
+    for name in policies:
         for n in step_counts:
             tag = name.split(" ")[0] + ("-distilled" if "distilled" in name else "")
             summary = closed_loop(models[name], n, tasks, args.episodes, out / "eval" / f"{tag}_{n}steps")
@@ -165,7 +166,7 @@ def main() -> None:
                 "mse_data": round(offline[name]["mse_data"][n], 4) if n in offline[name]["mse_data"] else None,
                 "mse_teacher10": round(offline[name]["mse_reference"][n], 4) if n in OFFLINE_STEPS else None,
                 "straightness": round(offline[name]["straightness"], 4),
-                "chunk_ms": round(latency[n], 1),
+                "chunk_ms": round(latency[name][n], 1),
             })  # fmt: skip
             print(rows[-1])
     machine = {
@@ -176,7 +177,7 @@ def main() -> None:
         "tasks": tasks,
         "episodes_per_setting_per_task": args.episodes,
         "teacher": str(teacher),
-        "minutes": {
+        "minutes_this_run": {  # finished stages are reused: 0 on a rerun
             "collect": round(collect_s / 60, 1),
             "teacher": round(teacher_s / 60, 1),
             "reflow": round(reflow_s / 60, 1),
@@ -184,6 +185,7 @@ def main() -> None:
         },
         "offline": offline,
         "plot": str(plot(rows, step_counts, out / "reflow_steps.png")),
+        "latency_ms": latency,
     }
     columns = {
         "model": "model", "steps": "steps", "success": "success", "MSE vs data": "mse_data",

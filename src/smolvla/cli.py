@@ -10,6 +10,8 @@ Commands:
   reflow   straighten a trained policy's flow: k rounds of reflow on its own (noise, ODE solution) pairs, each round
            training a student from its teacher (`--policy.teacher_path`), pairs solved once into a cache.
   distill  train a one-step student from a (rectified) teacher: noise → the teacher's actions in one Euler step.
+  serve    serve a checkpoint over gRPC to robot clients: typed messages (no pickle), localhost by default,
+           optional token and TLS, requests batched when several clients wait, per-request timing.
   demo     the whole loop on a built-in default: collect Meta-World demos, train a small SmolVLA, evaluate it.
   eval     run a policy (a checkpoint, `expert` or `random`) closed-loop on Meta-World tasks: success per task and
            difficulty, episode length, chunk latency; JSON, a bar chart and rollout videos.
@@ -65,6 +67,20 @@ def distill(config) -> int:
     return 0
 
 
+def serve(config) -> int:
+    from smolvla.serve.server import PolicyServer
+
+    server = PolicyServer(config)
+    port = server.start()
+    auth = "token required" if config.token else "no authentication"
+    print(f"serving {config.policy_path} on {config.host}:{port} ({auth}, {'TLS' if config.tls_cert else 'no TLS'})")
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        server.stop()
+    return 0
+
+
 def demo(config) -> int:
     from smolvla.demo import run_demo
 
@@ -114,6 +130,11 @@ def _configs():
 
         return DistillConfig()
 
+    def serve_config():
+        from smolvla.serve.server import ServeConfig
+
+        return ServeConfig()
+
     def demo_config():
         from smolvla.demo import DemoConfig
 
@@ -126,6 +147,7 @@ def _configs():
         "continual": (continual_config, continual),
         "reflow": (reflow_config, reflow),
         "distill": (distill_config, distill),
+        "serve": (serve_config, serve),
         "demo": (demo_config, demo),
     }
 

@@ -1,0 +1,1 @@
+"""Asynchronous inference: a gRPC policy server and robot clients (typed messages, no pickle)."""
