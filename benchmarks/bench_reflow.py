@@ -82,6 +82,8 @@ def plot(rows: list[dict], step_counts: list[int], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from smolvla.atomic import save_figure
+
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     for name in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == name]
@@ -94,12 +96,7 @@ def plot(rows: list[dict], step_counts: list[int], path: Path) -> Path:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 def main() -> None:

@@ -48,3 +48,16 @@ def atomic_write_text(path: Path, text: str) -> Path:
     tmp.write_text(text)
     os.replace(tmp, path)
     return path
+
+
+def save_figure(fig, path: Path, dpi: int = 120) -> Path:
+    """Save a matplotlib figure as PNG via a temp file and rename, then close it."""
+    path = Path(path)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=dpi, format="png")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

@@ -117,6 +117,8 @@ def plot_losses(metrics: Path, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from smolvla.atomic import save_figure
+
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for key, label in (("train/loss", "train"), ("val/loss", "validation (held-out episodes)")):
@@ -128,12 +130,7 @@ def plot_losses(metrics: Path, path: Path) -> Path:
     ax.set_ylabel("flow-matching loss")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 def _default_device() -> str:

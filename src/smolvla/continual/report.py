@@ -16,6 +16,8 @@ def plot_matrix(results: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from smolvla.atomic import save_figure
+
     simulated = any(v is not None for row in results["success_matrix"] for v in row)
     key, label = ("success_matrix", "success") if simulated else ("loss_matrix", "validation loss")
     values = np.array([[np.nan if v is None else v for v in row] for row in results[key]], dtype=float)
@@ -35,9 +37,4 @@ def plot_matrix(results: dict[str, Any], path: Path) -> Path:
     extra = f"  FWT {metrics['FWT']:.2f} NBT {metrics['NBT'] or 0:.2f} AUC {metrics['AUC']:.2f}" if metrics else ""
     ax.set_title(f"{results['method']}: {label}{extra}", fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)

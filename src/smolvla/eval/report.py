@@ -41,6 +41,8 @@ def plot_success(summary: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from smolvla.atomic import save_figure
+
     colors = {"easy": "#4c9f70", "medium": "#e0a030", "hard": "#d0603a", "very_hard": "#8e3b8e"}
     tasks = list(summary["per_task"])
     rates = [100 * summary["per_task"][t]["success_rate"] for t in tasks]
@@ -53,12 +55,7 @@ def plot_success(summary: dict[str, Any], path: Path) -> Path:
     levels = [level for level in colors if level in summary["per_difficulty"]]
     handles = [plt.Rectangle((0, 0), 1, 1, color=colors[level]) for level in levels]
     ax.legend(handles, levels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def _fmt(value: float | None, scale: float = 1.0, digits: int = 1) -> str:

@@ -69,6 +69,8 @@ class ReflowConfig(TrainConfig):
 
 
 def _ensure_pairs(config: ReflowConfig, train_config: TrainConfig) -> None:
+    import torch
+
     from smolvla.model.config import SmolVLAConfig
     from smolvla.reflow.pairs import PairCache, generate_pairs
     from smolvla.reflow.teacher import teacher_dir
@@ -91,15 +93,9 @@ def _ensure_pairs(config: ReflowConfig, train_config: TrainConfig) -> None:
         policy.teacher_path, train_config.dataset, path, seed=train_config.seed,
         num_steps=policy.reflow_num_inference_steps, pairs_per_frame=config.pairs_per_frame,
         batch_size=config.pairs_batch_size, num_workers=train_config.num_workers,
-        device=policy.device or _default_device(), use_amp=policy.use_amp,
+        device=policy.device or ("cuda" if torch.cuda.is_available() else "cpu"), use_amp=policy.use_amp,
     )  # fmt: skip
     print(f"  {cache.meta['frames']} frames in {cache.meta['seconds']:.0f} s")
-
-
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def run_round(config: ReflowConfig, teacher: str, output_dir: Path, one_step: bool) -> Path:
