@@ -159,3 +159,30 @@ def test_nothing_on_the_wire_is_pickled():
     for path in source.glob("*.py"):
         text = path.read_text()
         assert "import pickle" not in text and "pickle.loads" not in text, path
+
+
+def test_a_full_episode_through_the_server(server):
+    from smolvla.serve.robot import ClientConfig, Observation, RobotClient, remote_source
+
+    class CameraRobot:  # the test policy's robot: 4-D state, two cameras, 3-D actions; 20 Hz, 12 steps
+        fps = 20.0
+
+        def __init__(self):
+            self.executed = []
+
+        def reset(self, seed):
+            return Observation(*observation(seed), "open the drawer")
+
+        def step(self, action):
+            self.executed.append(action)
+            state, images = observation(len(self.executed))
+            return Observation(state, images, "open the drawer"), False, len(self.executed) == 12
+
+        def hold(self, last_action):
+            return np.zeros(3, np.float32)
+
+    robot = CameraRobot()
+    stats = RobotClient(remote_source(client(server)), ClientConfig(chunk_threshold=0.4)).run_episode(robot, 0)
+    assert stats.steps == 12 and len(robot.executed) == 12 and stats.stalls == 0
+    assert stats.requests == 4  # chunks of 5, a new one whenever at most 2 remain: at steps 0, 3, 6, 9
+    assert all(a.shape == (3,) and np.isfinite(a).all() for a in robot.executed)

@@ -41,6 +41,8 @@ class ActionQueue:
         """Add a chunk whose row 0 is the action for timestep `start`: rows before `first` are stale and dropped,
         rows over queued timesteps are aggregated with them, the rest is appended."""
         chunk = np.asarray(chunk, dtype=np.float32)
+        if len(self.actions) == 0 and start > self.first:
+            self.first = start  # an empty queue simply continues where the chunk starts
         offset = start - self.first
         if offset < 0:
             chunk, offset = chunk[-offset:], 0

@@ -1,0 +1,248 @@
+"""`RobotClient`: the robot's control loop around a chunk source (the policy server, or a local policy).
+
+Synchronous execution asks for a chunk when the queue is empty and stands still until it arrives; asynchronous
+execution asks as soon as the queue falls to `chunk_threshold` × chunk size (and the state moved enough), keeps
+executing meanwhile, and merges the chunk when it lands (`queue.ActionQueue`). Two clocks:
+
+- `realtime=True` (a physical robot): actions at `fps` by the wall clock, requests in a background thread, the
+  delay is whatever the network and server take;
+- `realtime=False` (simulation): the loop steps the simulator as fast as it can and a chunk requested at step t is
+  delivered at step t + `delay_s` · fps — the simulator keeps moving while the policy "thinks", so the inference
+  delay costs what it would cost on a robot, reproducibly and independently of this machine's speed.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from smolvla.errors import ConfigError
+from smolvla.serve.queue import ActionQueue, SimilarityFilter
+
+
+@dataclass
+class Observation:
+    state: np.ndarray  # (state_dim,) float32
+    images: dict[str, np.ndarray]  # policy camera key -> (H, W, 3) uint8
+    task: str
+
+
+class Robot(Protocol):
+    fps: float
+
+    def reset(self, seed: int) -> Observation: ...
+
+    def step(self, action: np.ndarray) -> tuple[Observation, bool, bool]:
+        """Execute one action: (observation, success, episode over)."""
+        ...
+
+    def hold(self, last_action: np.ndarray | None) -> np.ndarray:
+        """The action that keeps the robot still when no action is queued."""
+        ...
+
+
+ChunkSource = Callable[[Observation, int], np.ndarray]  # (observation, its timestep) -> (chunk, action_dim)
+
+
+@dataclass
+class ClientConfig:
+    mode: str = "async"  # async | sync
+    chunk_threshold: float = 0.5  # g: ask for a chunk when at most g × chunk_size actions remain queued
+    n_action_steps: int | None = None  # sync: actions executed per chunk (default: the whole chunk)
+    aggregate: str = "weighted"  # latest | oldest | average | weighted
+    filter_threshold: float = 0.0  # skip observations that moved less (RMS joint stds); 0 = send every time
+    delay_s: float = 0.0  # simulated inference delay (realtime=False)
+    realtime: bool = False
+    max_steps: int = 500
+
+    def validate(self) -> None:
+        if self.mode not in ("async", "sync"):
+            raise ConfigError(f"mode must be async or sync, got {self.mode!r}")
+        if not 0.0 <= self.chunk_threshold <= 1.0:
+            raise ConfigError(f"chunk_threshold must be in [0, 1], got {self.chunk_threshold}")
+        if self.delay_s < 0 or self.filter_threshold < 0:
+            raise ConfigError("delay_s and filter_threshold must be >= 0")
+
+
+@dataclass
+class EpisodeStats:
+    success: bool
+    steps: int  # control steps until success or the cap
+    seconds: float  # steps / fps: task time as the robot lives it
+    requests: int
+    skipped: int  # observations the similarity filter held back
+    stalls: int  # steps with an empty queue (the robot stood still)
+    boundary_jump: float  # mean |Δaction| at the first step after each merge
+    within_jump: float  # mean |Δaction| elsewhere
+    latency_ms: list[float] = field(default_factory=list)  # request round trips as measured by the client
+
+
+class RobotClient:
+    def __init__(self, source: ChunkSource, config: ClientConfig, state_scale: np.ndarray | None = None):
+        config.validate()
+        self.source, self.config = source, config
+        self.state_scale = state_scale
+        self._chunk_size = 1  # learnt from the first chunk
+
+    def run_episode(self, robot: Robot, seed: int) -> EpisodeStats:
+        cfg = self.config
+        obs = robot.reset(seed)
+        filt = SimilarityFilter(np.ones_like(obs.state) if self.state_scale is None else self.state_scale,
+                                cfg.filter_threshold)  # fmt: skip
+        delay_steps = math.ceil(cfg.delay_s * robot.fps - 1e-9)
+        queue: ActionQueue | None = None
+        pending: dict[str, Any] | None = None
+        last, merged_at = None, -1
+        stats = {"requests": 0, "skipped": 0, "stalls": 0}
+        boundary, within, latency = [], [], []
+        success, t = False, 0
+        period = 1.0 / robot.fps
+        next_tick = time.perf_counter()
+        while t < cfg.max_steps:
+            queued = 0 if queue is None else len(queue)
+            if pending is None and self._wants_chunk(queued, queue, obs, filt, stats):
+                pending = self._request(obs, t, delay_steps, latency)
+                filt.sent(obs.state)
+                stats["requests"] += 1
+            if pending is not None and self._arrived(pending, t):
+                chunk = pending["chunk"]
+                if cfg.mode == "sync" and cfg.n_action_steps:
+                    chunk = chunk[: cfg.n_action_steps]
+                if queue is None:
+                    queue = ActionQueue(chunk.shape[1], cfg.aggregate)
+                    queue.first = t
+                # Sync: the robot stood still while waiting, so the chunk starts now; async: it kept moving, so the
+                # rows for the steps executed since the observation are stale.
+                queue.merge(chunk, t if cfg.mode == "sync" else pending["start"])
+                pending, merged_at = None, t
+            action = None if queue is None else queue.pop(t)
+            if action is None:
+                action = robot.hold(last)
+                stats["stalls"] += 1
+            elif last is not None:
+                (boundary if merged_at == t else within).append(float(np.abs(action - last).mean()))
+            obs, success, over = robot.step(action)
+            last, t = action, t + 1
+            if cfg.realtime:
+                next_tick += period
+                time.sleep(max(0.0, next_tick - time.perf_counter()))
+            if success or over:
+                break
+        if pending is not None and "thread" in pending:
+            pending["thread"].join()
+        return EpisodeStats(
+            success=success, steps=t, seconds=t / robot.fps, requests=stats["requests"], skipped=stats["skipped"],
+            stalls=stats["stalls"], boundary_jump=float(np.mean(boundary)) if boundary else 0.0,
+            within_jump=float(np.mean(within)) if within else 0.0, latency_ms=latency,
+        )  # fmt: skip
+
+    # --- helpers ---
+    def _wants_chunk(self, queued: int, queue, obs: Observation, filt: SimilarityFilter, stats) -> bool:
+        if self.config.mode == "sync":
+            return queued == 0
+        if queue is not None and queued > self.config.chunk_threshold * self._chunk_size:
+            return False
+        if filt.should_send(obs.state, queue_empty=queued == 0):
+            return True
+        stats["skipped"] += 1
+        return False
+
+    def _request(self, obs: Observation, t: int, delay_steps: int, latency: list[float]) -> dict[str, Any]:
+        pending: dict[str, Any] = {"start": t}
+
+        def call() -> None:
+            started = time.perf_counter()
+            pending["chunk"] = np.asarray(self.source(obs, t), dtype=np.float32)
+            self._chunk_size = len(pending["chunk"])
+            latency.append(1000 * (time.perf_counter() - started))
+
+        if self.config.realtime:
+            pending["thread"] = threading.Thread(target=call, daemon=True)
+            pending["thread"].start()
+        else:
+            call()
+            pending["ready_at"] = t + delay_steps
+        return pending
+
+    def _arrived(self, pending: dict[str, Any], t: int) -> bool:
+        if self.config.realtime:
+            return "chunk" in pending
+        return t >= pending["ready_at"]
+
+
+def remote_source(client, num_steps: int = 0) -> ChunkSource:
+    """Chunks from a policy server through a `PolicyClient`."""
+
+    def source(obs: Observation, timestep: int) -> np.ndarray:
+        return client.predict(obs.state, obs.images, obs.task, timestep, num_steps=num_steps).actions
+
+    return source
+
+
+class MetaWorldRobot:
+    """A Meta-World task as a robot: observations in the policy's keys, zero end-effector motion to hold."""
+
+    def __init__(self, task: str, cameras: dict[str, str], image_size: int, max_steps: int = 500):
+        from smolvla.sim.metaworld_env import MetaWorldConfig, MetaWorldEnv
+        from smolvla.sim.tasks import instruction
+
+        self.env = MetaWorldEnv(MetaWorldConfig(task=task, cameras=tuple(cameras.values()), image_size=image_size,
+                                                max_steps=max_steps))  # fmt: skip
+        self.cameras, self.task, self.fps = cameras, instruction(task), float(self.env.fps)
+
+    def _observation(self, raw: dict[str, Any]) -> Observation:
+        images = {key: raw["pixels"][camera] for key, camera in self.cameras.items()}
+        return Observation(raw["agent_pos"].astype(np.float32), images, self.task)
+
+    def reset(self, seed: int) -> Observation:
+        return self._observation(self.env.reset(seed=seed)[0])
+
+    def step(self, action: np.ndarray) -> tuple[Observation, bool, bool]:
+        raw, _, terminated, truncated, info = self.env.step(action)
+        return self._observation(raw), bool(info["success"]), terminated or truncated
+
+    def hold(self, last_action: np.ndarray | None) -> np.ndarray:
+        held = np.zeros(4, dtype=np.float32)  # no end-effector motion...
+        if last_action is not None:
+            held[3] = last_action[3]  # ...and the gripper keeps its command
+        return held
+
+    def close(self) -> None:
+        self.env.close()
+
+
+class ReplayRobot:
+    """A recorded episode as a robot: observations are the dataset's frames in order, actions are only logged.
+    For exercising a server and client end to end without a simulator."""
+
+    def __init__(self, root: str, episode: int = 0, fps: float | None = None):
+        from smolvla.data import LeRobotDataset
+
+        self.dataset = LeRobotDataset(root, [episode])
+        self.fps = float(fps or self.dataset.meta.fps)
+        self.cameras = self.dataset.meta.camera_keys
+        self.actions: list[np.ndarray] = []
+        self._index = 0
+
+    def _observation(self) -> Observation:
+        item = self.dataset[self._index]
+        images = {k: (item[k] * 255).round().byte().permute(1, 2, 0).numpy() for k in self.cameras}
+        return Observation(item["observation.state"].numpy().astype(np.float32), images, item["task"])
+
+    def reset(self, seed: int) -> Observation:
+        self._index, self.actions = 0, []
+        return self._observation()
+
+    def step(self, action: np.ndarray) -> tuple[Observation, bool, bool]:
+        self.actions.append(np.asarray(action))
+        self._index = min(self._index + 1, len(self.dataset) - 1)
+        return self._observation(), False, len(self.actions) >= len(self.dataset)
+
+    def hold(self, last_action: np.ndarray | None) -> np.ndarray:
+        return np.zeros_like(self.dataset[0]["action"].numpy()) if last_action is None else last_action
