@@ -138,11 +138,10 @@ class VLAFlowMatching(nn.Module):
         v_t = self.velocity(self.encode(prefix), x_t, time)
         return {"losses_raw": F.mse_loss(v_t, u_t, reduction="none"), "x_t": x_t, "u_t": u_t, "v_t": v_t}
 
-    @torch.no_grad()
-    def sample(self, prefix: Prefix, noise: Tensor, num_steps: int, return_velocities: bool = False):
-        """Euler-integrate from noise (t = 1) to actions (t = 0) (`euler_sample`); the prefix is encoded once.
+    def velocity_field(self, prefix: Prefix):
+        """v(x_t, t) for one observation batch, its prefix encoded once: what `euler_sample` integrates.
 
-        With `use_cache=False` the prefix is re-encoded at every step (LeRobot's uncached path; only useful to check
+        With `use_cache=False` the prefix is re-encoded at every call (LeRobot's uncached path; only useful to check
         that the cache changes nothing).
         """
         cache = self.encode(prefix) if self.config.use_cache else None
@@ -150,4 +149,9 @@ class VLAFlowMatching(nn.Module):
         def velocity(x_t: Tensor, time: Tensor) -> Tensor:
             return self.velocity(cache if cache is not None else self.encode(prefix), x_t, time)
 
-        return euler_sample(velocity, noise, num_steps, return_velocities)
+        return velocity
+
+    @torch.no_grad()
+    def sample(self, prefix: Prefix, noise: Tensor, num_steps: int, return_velocities: bool = False):
+        """Euler-integrate from noise (t = 1) to actions (t = 0) (`euler_sample`); the prefix is encoded once."""
+        return euler_sample(self.velocity_field(prefix), noise, num_steps, return_velocities)

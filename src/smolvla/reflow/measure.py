@@ -19,19 +19,11 @@ from smolvla.model.rectified_flow import euler_sample, straightness
 
 def _solutions(policy, batch: dict[str, Any], noise: Tensor, step_counts: list[int]):
     """The chunk at every step count and the velocities of the largest one, the prefix encoded once."""
-    model = policy.model
-    cache = model.encode(policy.prepare_observation(batch))
-
-    def velocity(x_t: Tensor, time: Tensor) -> Tensor:
-        return model.velocity(cache, x_t, time)
-
+    velocity = policy.model.velocity_field(policy.prepare_observation(batch))
     noise = noise.to(policy.device)
-    out, velocities = {}, None
-    for n in step_counts:
-        if n == max(step_counts):
-            out[n], velocities = euler_sample(velocity, noise, n, return_velocities=True)
-        else:
-            out[n] = euler_sample(velocity, noise, n)
+    *fewer, most = sorted(set(step_counts))
+    out = {n: euler_sample(velocity, noise, n) for n in fewer}
+    out[most], velocities = euler_sample(velocity, noise, most, return_velocities=True)
     return {n: x.cpu() for n, x in out.items()}, velocities.cpu()
 
 
@@ -70,9 +62,11 @@ def action_errors(
         dim = cfg.action_dim
         valid = torch.ones(actions.shape[:2]) if is_pad is None else (~is_pad).float().cpu()
         noise = torch.randn(actions.shape, generator=torch.Generator().manual_seed(batch_seed(seed, k, 4)))
-        ref_chunk = _solutions(policies[reference], batch, noise, [reference_steps])[0][reference_steps]
-        for name, policy in policies.items():
-            chunks, velocities = _solutions(policy, batch, noise, [*counts, reference_steps])
+        solved = {
+            name: _solutions(policy, batch, noise, [*counts, reference_steps]) for name, policy in policies.items()
+        }
+        ref_chunk = solved[reference][0][reference_steps]
+        for name, (chunks, velocities) in solved.items():
             for n in counts:
                 err = (chunks[n] - actions.cpu())[..., :dim].pow(2).sum(-1)
                 sums[name]["data"][n] += float((err * valid).sum())

@@ -80,12 +80,7 @@ def load_teacher(path: str, device: torch.device | str, dtype: torch.dtype = tor
 @torch.no_grad()
 def solve(teacher: SmolVLAPolicy, batch: dict[str, Any], noises: list[Tensor], num_steps: int) -> list[Tensor]:
     """The teacher's ODE solutions X1 (B, chunk, max_action_dim) from each noise X0, the prefix encoded once."""
-    model = teacher.model
-    cache = model.encode(teacher.prepare_observation(batch))
-
-    def velocity(x_t: Tensor, time: Tensor) -> Tensor:
-        return model.velocity(cache, x_t, time)
-
+    velocity = teacher.model.velocity_field(teacher.prepare_observation(batch))
     return [euler_sample(velocity, noise.to(teacher.device), num_steps) for noise in noises]
 
 
