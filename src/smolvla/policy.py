@@ -31,6 +31,7 @@ from smolvla.model.checkpoint import (
 from smolvla.model.config import ACTION_KEY, EMPTY_CAMERA_PREFIX, STATE_KEY, SmolVLAConfig
 from smolvla.model.flow_matching import Prefix, VLAFlowMatching
 from smolvla.model.images import resize_with_pad
+from smolvla.model.rectified_flow import Inpainting
 
 if TYPE_CHECKING:
     from smolvla.processors.pipeline import Pipeline
@@ -349,8 +350,13 @@ class SmolVLAPolicy(nn.Module):
 
     # --- inference ---
     @torch.no_grad()
-    def predict_chunk(self, batch: dict[str, Any], noise: Tensor | None = None, num_steps: int | None = None) -> Tensor:
-        """Sample an action chunk (B, chunk_size, action_dim) in model (normalized) space."""
+    def predict_chunk(
+        self, batch: dict[str, Any], noise: Tensor | None = None, num_steps: int | None = None,
+        inpainting: Inpainting | None = None,
+    ) -> Tensor:  # fmt: skip
+        """Sample an action chunk (B, chunk_size, action_dim) in model (normalized) space; `inpainting` (real-time
+        chunking) guides it towards actions still queued from the previous chunk (run under no_grad, not
+        inference_mode: the guidance differentiates through the expert)."""
         cfg = self.config
         prefix = self.prepare_observation(batch)
         shape = (prefix.state.shape[0], cfg.chunk_size, cfg.max_action_dim)
@@ -361,7 +367,7 @@ class SmolVLAPolicy(nn.Module):
         steps = cfg.num_steps if num_steps is None else int(num_steps)
         if steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {steps}")
-        return self.model.sample(prefix, noise.to(self.device), steps)[..., : cfg.action_dim]
+        return self.model.sample(prefix, noise.to(self.device), steps, inpainting=inpainting)[..., : cfg.action_dim]
 
     def reset(self) -> None:
         """Forget queued actions; call at every episode start."""

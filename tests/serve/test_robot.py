@@ -35,9 +35,9 @@ class PointRobot:
         return np.zeros(1, np.float32)
 
 
-def planner(obs, t, chunk=10):
-    """Constant speed 1 towards the target; the second column records the requesting timestep."""
-    return np.stack([np.ones(chunk, np.float32), np.full(chunk, t, np.float32)], axis=1)[:, :1]
+def planner(request, chunk=10):
+    """Constant speed 1 towards the target."""
+    return np.ones((chunk, 1), np.float32)
 
 
 def run(**cfg):
@@ -77,9 +77,9 @@ def test_similarity_filter_skips_still_observations_but_never_starves():
 
 
 def test_realtime_clock_runs_the_request_in_the_background():
-    def slow_planner(obs, t):
+    def slow_planner(request):
         time.sleep(0.05)
-        return planner(obs, t)
+        return planner(request)
 
     client = RobotClient(slow_planner, ClientConfig(mode="async", realtime=True, chunk_threshold=0.5))
     started = time.perf_counter()
@@ -89,7 +89,26 @@ def test_realtime_clock_runs_the_request_in_the_background():
     assert all(ms >= 50 for ms in stats.latency_ms)
 
 
+def test_rtc_sends_the_still_queued_actions_and_lets_the_new_chunk_replace_them():
+    requests = []
+
+    def stamped(request, chunk=10):  # speed ≈ 1, the action for timestep τ stamped as 1 + τ/1000
+        requests.append(request)
+        return 1 + (request.timestep + np.arange(chunk, dtype=np.float32)[:, None]) / 1000
+
+    client = RobotClient(stamped, ClientConfig(mode="async", rtc=True, delay_s=0.3, chunk_threshold=0.5))
+    robot = PointRobot()
+    stats = client.run_episode(robot, seed=0)
+    assert stats.success and stats.requests == len(requests) > 3
+    assert requests[0].prefix is None  # nothing queued yet
+    for request in requests[1:]:  # asked with 5 queued (threshold 0.5 × 10), 3 of which run during the 0.3 s delay
+        expected = 1 + (request.timestep + np.arange(5, dtype=np.float32)[:, None]) / 1000
+        np.testing.assert_allclose(request.prefix, expected, rtol=0, atol=1e-6)
+        assert request.frozen == 3
+    assert stats.boundary_jump == pytest.approx(stats.within_jump, abs=1e-6)  # "latest": no seam at merges
+
+
 def test_bad_client_settings():
-    for bad in ({"mode": "eager"}, {"chunk_threshold": 2.0}, {"delay_s": -1.0}):
+    for bad in ({"mode": "eager"}, {"chunk_threshold": 2.0}, {"delay_s": -1.0}, {"mode": "sync", "rtc": True}):
         with pytest.raises(ConfigError):
             RobotClient(planner, ClientConfig(**bad))

@@ -119,6 +119,17 @@ def test_bad_requests_get_clear_status_codes_and_the_server_keeps_serving(server
         proto.PredictRequest(observation=proto.Observation(tensors=[lying], task="x")).SerializeToString(),
         grpc.StatusCode.INVALID_ARGUMENT, "bytes of data",
     )  # fmt: skip
+
+    def with_prefix(actions, frozen):
+        message = proto.PredictRequest.FromString(request())
+        message.prefix_actions.CopyFrom(proto.encode_tensor("prefix_actions", actions))
+        message.prefix_frozen = frozen
+        return message.SerializeToString()
+
+    queued = np.zeros((3, 3), np.float32)
+    bad["prefix width"] = (with_prefix(np.zeros((3, 2), np.float32), 1), grpc.StatusCode.INVALID_ARGUMENT, "(1..5, 3)")
+    bad["prefix NaN"] = (with_prefix(queued + np.nan, 1), grpc.StatusCode.INVALID_ARGUMENT, "NaN")
+    bad["prefix frozen"] = (with_prefix(queued, 4), grpc.StatusCode.INVALID_ARGUMENT, "prefix_frozen")
     for name, (payload, code, text) in bad.items():
         with pytest.raises(grpc.RpcError) as e:
             raw_call(server, payload)
@@ -134,6 +145,20 @@ def test_bad_requests_get_clear_status_codes_and_the_server_keeps_serving(server
     assert proto.decode_tensor(reply.actions).shape == (5, 3)
     info = client(server).info()
     assert info.chunk_size == 5 and {f.name for f in info.features} == {"observation.state", *CAMERAS}
+
+
+def test_rtc_requests_continue_the_queued_actions(server):
+    """Real-time chunking through the server: the new chunk's frozen steps follow the actions still queued from the
+    previous one (which the robot executes while the server thinks); without a prefix the same noise does not."""
+    state, images = observation(3)
+    robot = client(server)
+    previous = robot.predict(state, images, "open the drawer", seed=1).actions
+    queued = previous[2:]  # 2 of 5 executed: 3 queued, the first 2 of which execute during inference
+    plain = robot.predict(state, images, "open the drawer", seed=2).actions
+    rtc = robot.predict(state, images, "open the drawer", seed=2, prefix_actions=queued, prefix_frozen=2)
+    assert rtc.timing["batch_size"] == 1
+    plain_gap, rtc_gap = (np.abs(chunk[:2] - queued[:2]).mean() for chunk in (plain, rtc.actions))
+    assert rtc_gap < 0.5 * plain_gap
 
 
 def test_client_reconnects_after_a_server_restart(checkpoint):

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from smolvla.model.backbone import Backbone
 from smolvla.model.config import SmolVLAConfig
-from smolvla.model.rectified_flow import euler_sample, interpolate
+from smolvla.model.rectified_flow import Inpainting, euler_sample, guided_euler_sample, interpolate
 from smolvla.model.vlm_with_expert import PrefixCache, VLMWithExpert
 
 
@@ -152,6 +152,12 @@ class VLAFlowMatching(nn.Module):
         return velocity
 
     @torch.no_grad()
-    def sample(self, prefix: Prefix, noise: Tensor, num_steps: int, return_velocities: bool = False):
-        """Euler-integrate from noise (t = 1) to actions (t = 0) (`euler_sample`); the prefix is encoded once."""
+    def sample(
+        self, prefix: Prefix, noise: Tensor, num_steps: int, return_velocities: bool = False,
+        inpainting: Inpainting | None = None,
+    ):  # fmt: skip
+        """Euler-integrate from noise (t = 1) to actions (t = 0) (`euler_sample`); the prefix is encoded once.
+        With `inpainting`, real-time chunking's guided sampling towards the still-queued actions."""
+        if inpainting is not None:
+            return guided_euler_sample(self.velocity_field(prefix), noise, num_steps, inpainting)
         return euler_sample(self.velocity_field(prefix), noise, num_steps, return_velocities)

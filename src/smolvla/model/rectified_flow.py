@@ -11,7 +11,9 @@ the student then learns a flow whose trajectories are straighter, so fewer Euler
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -55,3 +57,70 @@ def straightness(velocities: Tensor) -> Tensor:
     """
     displacement = velocities.mean(dim=0, keepdim=True)
     return (velocities - displacement).pow(2).flatten(2).mean(dim=(0, 2))
+
+
+@dataclass
+class Inpainting:
+    """Real-time chunking's target (Black et al., arXiv 2506.07339): the next chunk should agree with the actions the
+    robot will still execute from the current one.
+
+    `target` (B, H, D) holds those actions in model space, zero-padded; `weights` (B, H, D) is the soft mask —
+    1 on the `frozen` steps that execute while the policy thinks, decaying over the rest of the overlap, 0 after it
+    and on padded action dims (a row of zeros is ordinary sampling). `max_guidance` is the paper's β.
+    """
+
+    target: Tensor
+    weights: Tensor
+    max_guidance: float = 5.0
+
+    @classmethod
+    def from_prefixes(
+        cls, prefixes: Sequence[Tensor], frozen: Sequence[int], horizon: int, width: int, max_guidance: float = 5.0
+    ) -> Inpainting:
+        """From each batch element's (L_i, d) queued actions (model space, L_i <= horizon; L_i = 0 samples freely)
+        and its count of frozen steps."""
+        target = prefixes[0].new_zeros(len(prefixes), horizon, width, dtype=torch.float32)
+        weights = torch.zeros_like(target)
+        for i, (prefix, d) in enumerate(zip(prefixes, frozen, strict=True)):
+            length, dims = prefix.shape
+            target[i, :length, :dims] = prefix
+            weights[i, :, :dims] = soft_mask(horizon, length, int(d)).unsqueeze(-1)
+        return cls(target, weights, max_guidance)
+
+
+def soft_mask(horizon: int, overlap: int, frozen: int) -> Tensor:
+    """RTC's prefix weights over a chunk of `horizon` steps (the paper's eq. 5 with H − s = `overlap`):
+    1 for i < frozen, c·(e^c − 1)/(e − 1) with c = (overlap − i)/(overlap − frozen + 1) up to the overlap, then 0."""
+    if not 0 <= frozen <= overlap <= horizon:
+        raise ValueError(f"need 0 <= frozen ({frozen}) <= overlap ({overlap}) <= horizon ({horizon})")
+    i = torch.arange(horizon, dtype=torch.float32)
+    c = (overlap - i) / (overlap - frozen + 1)
+    decay = c * torch.expm1(c) / math.expm1(1.0)
+    return torch.where(i < frozen, torch.ones_like(i), torch.where(i < overlap, decay, torch.zeros_like(i)))
+
+
+def guided_euler_sample(velocity: Velocity, noise: Tensor, num_steps: int, inpainting: Inpainting) -> Tensor:
+    """`euler_sample` with RTC's ΠGDM guidance: at each step the predicted final actions x̂ = x_t − t·v are pulled
+    towards the target through the vector–Jacobian product (target − x̂)ᵀ W ∂x̂/∂x_t, weighted by
+    min(β, ((1 − t)² + t²) / (t (1 − t))) (the paper's (1 − τ)/(τ r²) with τ = 1 − t). In our time direction the
+    velocity points towards noise, so the guidance is subtracted. One extra backward through the expert per step.
+    Must run with autograd available (`torch.no_grad()` is fine, `torch.inference_mode()` is not)."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("guided sampling needs autograd: call it under torch.no_grad(), not inference_mode")
+    dt = -1.0 / num_steps
+    x_t = noise.float()
+    target, weights = (w.to(device=x_t.device, dtype=torch.float32) for w in (inpainting.target, inpainting.weights))
+    for k in range(num_steps):
+        t = 1.0 + k * dt
+        with torch.enable_grad():
+            x = x_t.detach().requires_grad_(True)
+            v_t = velocity(x, x.new_full((x.shape[0],), t))
+            predicted = x - t * v_t
+            (pull,) = torch.autograd.grad(predicted, x, grad_outputs=weights * (target - predicted))
+        scale = inpainting.max_guidance
+        if 0.0 < t < 1.0:
+            scale = min(scale, ((1 - t) ** 2 + t**2) / (t * (1 - t)))
+        x_t = x_t + dt * (v_t.detach() - scale * pull)
+    return x_t

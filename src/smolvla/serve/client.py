@@ -64,15 +64,22 @@ class PolicyClient:
 
     def predict(
         self, state: np.ndarray, images: dict[str, np.ndarray], task: str, timestep: int = 0, *,
-        num_steps: int = 0, seed: int = 0,
+        num_steps: int = 0, seed: int = 0, prefix_actions: np.ndarray | None = None, prefix_frozen: int = 0,
     ) -> ChunkReply:  # fmt: skip
-        """One chunk for an observation: state (d,) float32, images {feature key: uint8 (H, W, 3)}."""
+        """One chunk for an observation: state (d,) float32, images {feature key: uint8 (H, W, 3)}. With
+        `prefix_actions` ((L, action_dim) actions still queued from `timestep` on, of which `prefix_frozen` execute
+        before the chunk can arrive) the server applies real-time chunking so the chunk continues them smoothly."""
         tensors = [proto.encode_tensor(STATE_KEY, np.asarray(state, dtype=np.float32))]
         tensors += [proto.encode_tensor(key, np.asarray(image, dtype=np.uint8)) for key, image in images.items()]
         request = proto.PredictRequest(
             observation=proto.Observation(tensors=tensors, task=task, timestep=timestep, timestamp=time.time()),
             client_id=self.client_id, num_steps=num_steps, seed=seed,
         )  # fmt: skip
+        if prefix_actions is not None:
+            request.prefix_actions.CopyFrom(
+                proto.encode_tensor("prefix_actions", np.asarray(prefix_actions, dtype=np.float32))
+            )
+            request.prefix_frozen = prefix_frozen
         started = time.perf_counter()
         reply = self._call(proto.PREDICT, request, proto.PredictReply)
         timing = {f.name: getattr(reply.timing, f.name) for f in reply.timing.DESCRIPTOR.fields}

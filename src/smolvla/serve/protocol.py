@@ -8,7 +8,9 @@ descriptors (no generated code to keep in sync with the protobuf runtime):
 
     Tensor        name, dtype, shape[], data (bytes)
     Observation   tensors[], task, timestep, timestamp
-    PredictRequest   observation, client_id, num_steps (0 = the policy's), seed (0 = random noise)
+    PredictRequest   observation, client_id, num_steps (0 = the policy's), seed (0 = random noise),
+                     prefix_actions (Tensor, optional: real-time chunking's still-queued actions, (L, action_dim)
+                     from the observation's timestep on), prefix_frozen (how many of them execute during inference)
     PredictReply     actions (Tensor, unnormalized, (chunk, action_dim)), timestep, timing
     Timing        queue_ms, preprocess_ms, inference_ms, postprocess_ms, batch_size
     InfoRequest / PolicyInfo   the features the server expects, chunk size, action dim, message size limit
@@ -59,6 +61,8 @@ _MESSAGES = {
         ("client_id", "string"),
         ("num_steps", "int32"),
         ("seed", "int64"),
+        ("prefix_actions", "Tensor"),
+        ("prefix_frozen", "int32"),
     ],
     "Timing": [
         ("queue_ms", "double"),

@@ -47,7 +47,15 @@ class Robot(Protocol):
         ...
 
 
-ChunkSource = Callable[[Observation, int], np.ndarray]  # (observation, its timestep) -> (chunk, action_dim)
+@dataclass
+class ChunkRequest:
+    observation: Observation
+    timestep: int  # the observation's control step: row 0 of the chunk is the action for it
+    prefix: np.ndarray | None = None  # real-time chunking: queued actions for timestep, timestep + 1, ... (L, d)
+    frozen: int = 0  # how many of them execute before the chunk can arrive
+
+
+ChunkSource = Callable[[ChunkRequest], np.ndarray]  # -> (chunk, action_dim) robot actions
 
 
 @dataclass
@@ -56,6 +64,7 @@ class ClientConfig:
     chunk_threshold: float = 0.5  # g: ask for a chunk when at most g × chunk_size actions remain queued
     n_action_steps: int | None = None  # sync: actions executed per chunk (default: the whole chunk)
     aggregate: str = "weighted"  # latest | oldest | average | weighted
+    rtc: bool = False  # real-time chunking: send the queued actions; the chunk continues them and replaces them
     filter_threshold: float = 0.0  # skip observations that moved less (RMS joint stds); 0 = send every time
     delay_s: float = 0.0  # simulated inference delay (realtime=False)
     realtime: bool = False
@@ -68,6 +77,8 @@ class ClientConfig:
             raise ConfigError(f"chunk_threshold must be in [0, 1], got {self.chunk_threshold}")
         if self.delay_s < 0 or self.filter_threshold < 0:
             raise ConfigError("delay_s and filter_threshold must be >= 0")
+        if self.rtc and self.mode != "async":
+            raise ConfigError("rtc needs mode=async (sync execution has no queued actions to continue)")
 
 
 @dataclass
@@ -78,7 +89,7 @@ class EpisodeStats:
     requests: int
     skipped: int  # observations the similarity filter held back
     stalls: int  # steps with an empty queue (the robot stood still)
-    boundary_jump: float  # mean |Δaction| at the first step after each merge
+    boundary_jump: float  # mean |Δaction| at the first step after each merge (from a held action after a stall)
     within_jump: float  # mean |Δaction| elsewhere
     latency_ms: list[float] = field(default_factory=list)  # request round trips as measured by the client
 
@@ -98,7 +109,7 @@ class RobotClient:
         delay_steps = math.ceil(cfg.delay_s * robot.fps - 1e-9)
         queue: ActionQueue | None = None
         pending: dict[str, Any] | None = None
-        last, merged_at = None, -1
+        last, merged_at, started = None, -1, False
         stats = {"requests": 0, "skipped": 0, "stalls": 0}
         boundary, within, latency = [], [], []
         success, t = False, 0
@@ -107,15 +118,15 @@ class RobotClient:
         while t < cfg.max_steps:
             queued = 0 if queue is None else len(queue)
             if pending is None and self._wants_chunk(queued, queue, obs, filt, stats):
-                pending = self._request(obs, t, delay_steps, latency)
+                pending = self._request(ChunkRequest(obs, t), queue, delay_steps, latency, robot.fps)
                 filt.sent(obs.state)
                 stats["requests"] += 1
             if pending is not None and self._arrived(pending, t):
                 chunk = pending["chunk"]
                 if cfg.mode == "sync" and cfg.n_action_steps:
                     chunk = chunk[: cfg.n_action_steps]
-                if queue is None:
-                    queue = ActionQueue(chunk.shape[1], cfg.aggregate)
+                if queue is None:  # RTC's chunk already agrees with the queued steps: it simply replaces them
+                    queue = ActionQueue(chunk.shape[1], "latest" if cfg.rtc else cfg.aggregate)
                     queue.first = t
                 # Sync: the robot stood still while waiting, so the chunk starts now; async: it kept moving, so the
                 # rows for the steps executed since the observation are stale.
@@ -125,8 +136,10 @@ class RobotClient:
             if action is None:
                 action = robot.hold(last)
                 stats["stalls"] += 1
-            elif last is not None:
+            elif started:  # the jump from rest into the very first chunk is the same for every mode: not counted
                 (boundary if merged_at == t else within).append(float(np.abs(action - last).mean()))
+            else:
+                started = True
             obs, success, over = robot.step(action)
             last, t = action, t + 1
             if cfg.realtime:
@@ -153,12 +166,19 @@ class RobotClient:
         stats["skipped"] += 1
         return False
 
-    def _request(self, obs: Observation, t: int, delay_steps: int, latency: list[float]) -> dict[str, Any]:
+    def _request(self, request: ChunkRequest, queue: ActionQueue | None, delay_steps: int, latency: list[float],
+                 fps: float) -> dict[str, Any]:  # fmt: skip
+        t = request.timestep
         pending: dict[str, Any] = {"start": t}
+        if self.config.rtc and queue is not None and len(queue):
+            request.prefix = queue.actions[: self._chunk_size].copy()
+            if self.config.realtime:  # expected delay: the recent round trips, in control steps
+                delay_steps = math.ceil(np.mean(latency[-5:]) / 1000 * fps) if latency else 0
+            request.frozen = min(delay_steps, len(request.prefix))
 
         def call() -> None:
             started = time.perf_counter()
-            pending["chunk"] = np.asarray(self.source(obs, t), dtype=np.float32)
+            pending["chunk"] = np.asarray(self.source(request), dtype=np.float32)
             self._chunk_size = len(pending["chunk"])
             latency.append(1000 * (time.perf_counter() - started))
 
@@ -179,8 +199,10 @@ class RobotClient:
 def remote_source(client, num_steps: int = 0) -> ChunkSource:
     """Chunks from a policy server through a `PolicyClient`."""
 
-    def source(obs: Observation, timestep: int) -> np.ndarray:
-        return client.predict(obs.state, obs.images, obs.task, timestep, num_steps=num_steps).actions
+    def source(request: ChunkRequest) -> np.ndarray:
+        obs = request.observation
+        return client.predict(obs.state, obs.images, obs.task, request.timestep, num_steps=num_steps,
+                              prefix_actions=request.prefix, prefix_frozen=request.frozen).actions  # fmt: skip
 
     return source
 

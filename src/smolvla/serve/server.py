@@ -22,6 +22,8 @@ import torch
 
 from smolvla.errors import ConfigError
 from smolvla.model.config import EMPTY_CAMERA_PREFIX, STATE_KEY
+from smolvla.model.rectified_flow import Inpainting
+from smolvla.processors.normalize import Normalize
 from smolvla.serve import protocol as proto
 from smolvla.serve.protocol import ProtocolError
 
@@ -43,6 +45,7 @@ class ServeConfig:
     batch_window_ms: float = 2.0  # how long the first waiting request waits for company
     threads: int = 16  # gRPC handler threads (each waiting request holds one)
     request_timeout_s: float = 30.0
+    rtc_max_guidance: float = 5.0  # real-time chunking's guidance clip β (requests that send prefix actions)
 
     def validate(self) -> None:
         if not self.policy_path:
@@ -58,6 +61,8 @@ class _Pending:
     observation: dict[str, Any]
     num_steps: int
     seed: int
+    prefix: torch.Tensor | None  # RTC: still-queued actions, model space (L, action_dim)
+    frozen: int
     enqueued: float
     done: threading.Event
     reply: Any = None
@@ -73,6 +78,7 @@ class PolicyService:
         self.cameras = [k for k in cfg.image_features if not k.startswith(EMPTY_CAMERA_PREFIX)]
         self.state_dim = cfg.state_dim
         self.num_steps = config.num_steps or cfg.num_steps
+        self._normalize = next(step for step in preprocessor.steps if isinstance(step, Normalize))
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._worker = threading.Thread(target=self._serve_batches, name="smolvla-batcher", daemon=True)
         self._worker.start()
@@ -121,6 +127,25 @@ class PolicyService:
             out[key] = torch.from_numpy(image.copy()).permute(2, 0, 1).float() / 255.0
         return out
 
+    def prefix(self, request: Any) -> tuple[torch.Tensor, int]:
+        """Real-time chunking's prefix: (L, action_dim) finite float32 robot actions, 1 <= L <= chunk, normalized
+        like the training targets, and 0 <= frozen <= L."""
+        actions = proto.decode_tensor(request.prefix_actions)
+        chunk, dims = self.policy.config.chunk_size, self.policy.config.action_dim
+        if (
+            actions.dtype != np.float32
+            or actions.ndim != 2
+            or actions.shape[1] != dims
+            or not 1 <= len(actions) <= chunk
+        ):
+            raise ProtocolError(f"prefix_actions: expected float32 (1..{chunk}, {dims}), got {actions.dtype} "
+                                f"{actions.shape}")  # fmt: skip
+        if not np.isfinite(actions).all():
+            raise ProtocolError("prefix_actions contain NaN or Inf")
+        if not 0 <= request.prefix_frozen <= len(actions):
+            raise ProtocolError(f"prefix_frozen must be in 0..{len(actions)}, got {request.prefix_frozen}")
+        return self._normalize({"action": torch.from_numpy(actions.copy())})["action"], int(request.prefix_frozen)
+
     # --- inference ---
     def predict(self, request: Any) -> Any:
         """Validate, wait for a batch slot, return the `PredictReply` (raises ProtocolError on bad input)."""
@@ -128,7 +153,9 @@ class PolicyService:
         steps = request.num_steps or self.num_steps
         if not 1 <= steps <= 100:
             raise ProtocolError(f"num_steps must be in 1..100, got {steps}")
-        pending = _Pending(observation, steps, int(request.seed), time.perf_counter(), threading.Event())
+        prefix, frozen = self.prefix(request) if request.HasField("prefix_actions") else (None, 0)
+        pending = _Pending(observation, steps, int(request.seed), prefix, frozen, time.perf_counter(),
+                           threading.Event())  # fmt: skip
         self._queue.put(pending)
         if not pending.done.wait(self.config.request_timeout_s):
             raise TimeoutError(f"no inference slot within {self.config.request_timeout_s} s")
@@ -157,8 +184,9 @@ class PolicyService:
                     self._queue.put(None)
                     break
                 group.append(item)
-            for steps in sorted({p.num_steps for p in group}):  # one inference per step count
-                self._run([p for p in group if p.num_steps == steps], steps)
+            # One inference per step count, RTC-guided requests apart (they cost an extra backward per step).
+            for steps, guided in sorted({(p.num_steps, p.prefix is not None) for p in group}):
+                self._run([p for p in group if (p.num_steps, p.prefix is not None) == (steps, guided)], steps)
 
     def _run(self, group: list[_Pending], steps: int) -> None:
         started = time.perf_counter()
@@ -173,8 +201,17 @@ class PolicyService:
                             generator=torch.Generator().manual_seed(p.seed) if p.seed else None)
                 for p in group
             ])  # fmt: skip
-            with torch.inference_mode():
-                chunk = self.policy.predict_chunk(batch, noise=noise, num_steps=steps)
+            inpainting = None
+            if group[0].prefix is not None:
+                inpainting = Inpainting.from_prefixes(
+                    [p.prefix for p in group],
+                    [p.frozen for p in group],
+                    cfg.chunk_size,
+                    cfg.max_action_dim,
+                    self.config.rtc_max_guidance,
+                )
+            with torch.no_grad() if inpainting is not None else torch.inference_mode():  # guidance needs autograd
+                chunk = self.policy.predict_chunk(batch, noise=noise, num_steps=steps, inpainting=inpainting)
             inferred = time.perf_counter()
             actions = self.post({"action": chunk})["action"].float().cpu().numpy()
             finished = time.perf_counter()
