@@ -12,6 +12,8 @@ Commands:
   distill  train a one-step student from a (rectified) teacher: noise → the teacher's actions in one Euler step.
   serve    serve a checkpoint over gRPC to robot clients: typed messages (no pickle), localhost by default,
            optional token and TLS, requests batched when several clients wait, per-request timing.
+  client   drive a robot (Meta-World, or a dataset episode replayed) from a policy server: sync or async execution,
+           real-time chunking, similarity filter; success, task time, stalls, chunk-join jumps, round trips.
   demo     the whole loop on a built-in default: collect Meta-World demos, train a small SmolVLA, evaluate it.
   eval     run a policy (a checkpoint, `expert` or `random`) closed-loop on Meta-World tasks: success per task and
            difficulty, episode length, chunk latency; JSON, a bar chart and rollout videos.
@@ -81,6 +83,19 @@ def serve(config) -> int:
     return 0
 
 
+def client(config) -> int:
+    from smolvla.serve.run_client import run_client
+
+    summary = run_client(config)
+    trips = summary["round_trip_ms"]
+    print(f"success {summary['success_rate']:.2f} over {summary['episodes']} episodes, task time "
+          f"{summary['task_seconds']:.2f} s, round trip p50 {trips['p50']} ms p99 {trips['p99']} ms, "
+          f"{summary['control_hz']:.1f} control steps/s")  # fmt: skip
+    if "path" in summary:
+        print(f"stats: {summary['path']}")
+    return 0
+
+
 def demo(config) -> int:
     from smolvla.demo import run_demo
 
@@ -135,6 +150,11 @@ def _configs():
 
         return ServeConfig()
 
+    def client_config():
+        from smolvla.serve.run_client import RunClientConfig
+
+        return RunClientConfig()
+
     def demo_config():
         from smolvla.demo import DemoConfig
 
@@ -148,6 +168,7 @@ def _configs():
         "reflow": (reflow_config, reflow),
         "distill": (distill_config, distill),
         "serve": (serve_config, serve),
+        "client": (client_config, client),
         "demo": (demo_config, demo),
     }
 

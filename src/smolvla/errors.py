@@ -15,3 +15,7 @@ class BatchError(SmolVLAError, ValueError):
 
 class CheckpointError(SmolVLAError, ValueError):
     """A checkpoint directory is missing files, or its tensors do not match the architecture."""
+
+
+class ServerError(SmolVLAError):
+    """The policy server refused or could not answer (unreachable, wrong token, invalid request)."""

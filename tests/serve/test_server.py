@@ -1,6 +1,7 @@
 """The policy server end to end on localhost: same chunks as the local policy, batching, typed messages only,
 clear status codes for bad or unauthenticated requests (and the server keeps serving), reconnect after a restart."""
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -24,9 +25,15 @@ CAMERAS = {"observation.images.top": (48, 64), "observation.images.wrist": (32, 
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def dataset(tmp_path_factory):
+    return write_v30(
+        tmp_path_factory.mktemp("serve") / "ds", make_episodes(episodes=EPISODES), [t for _, t in EPISODES]
+    )
+
+
+@pytest.fixture(scope="module")
+def checkpoint(dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
-    dataset = write_v30(root / "ds", make_episodes(episodes=EPISODES), [t for _, t in EPISODES])
     flags = [f"--dataset.root={dataset}", f"--output_dir={root / 'run'}", "--steps=2", "--batch_size=4",
              "--num_workers=0", "--progress=false", "--val_freq=0", "--policy.chunk_size=5",
              "--policy.n_action_steps=5"]  # fmt: skip
@@ -211,3 +218,20 @@ def test_a_full_episode_through_the_server(server):
     assert stats.steps == 12 and len(robot.executed) == 12 and stats.stalls == 0
     assert stats.requests == 4  # chunks of 5, a new one whenever at most 2 remain: at steps 0, 3, 6, 9
     assert all(a.shape == (3,) and np.isfinite(a).all() for a in robot.executed)
+
+
+def test_client_cli_replays_a_dataset_episode_through_the_server(server, dataset, tmp_path, capsys):
+    from smolvla.cli import main
+
+    flags = ["client", f"--server=127.0.0.1:{server.port}", "--robot=replay", f"--dataset_root={dataset}",
+             "--replay_episode=1", "--client.chunk_threshold=0.4", f"--output_dir={tmp_path}"]  # fmt: skip
+    assert main([*flags, f"--token={TOKEN}"]) == 0
+    stats = json.loads((tmp_path / "client_stats.json").read_text())
+    (episode,) = stats["per_episode"]
+    assert episode["steps"] == EPISODES[1][0] and episode["stalls"] == 0  # the whole 7-frame episode, never starved
+    assert episode["requests"] == 3 and stats["round_trip_ms"]["p99"] >= stats["round_trip_ms"]["p50"] > 0
+    capsys.readouterr()
+    assert main(flags) == 2  # no token
+    assert "UNAUTHENTICATED" in capsys.readouterr().err
+    assert main(["client", "--robot=replay"]) == 2
+    assert "--dataset_root" in capsys.readouterr().err
