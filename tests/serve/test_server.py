@@ -118,6 +118,9 @@ def test_bad_requests_get_clear_status_codes_and_the_server_keeps_serving(server
         "missing camera": (request(images={"observation.images.top": images["observation.images.top"]}),
                            grpc.StatusCode.INVALID_ARGUMENT, "missing"),
         "NaN state": (request(state=np.full(4, np.nan, np.float32)), grpc.StatusCode.INVALID_ARGUMENT, "NaN"),
+        "absurd state": (request(state=np.full(4, 1e30, np.float32)), grpc.StatusCode.INVALID_ARGUMENT,
+                         "standard deviations"),
+        "long task": (request(task="x" * 5000), grpc.StatusCode.INVALID_ARGUMENT, "characters"),
         "oversized": (request(images={**images, "observation.images.top": np.zeros((800, 800, 3), np.uint8)}),
                       grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
     }  # fmt: skip
@@ -235,3 +238,13 @@ def test_client_cli_replays_a_dataset_episode_through_the_server(server, dataset
     assert "UNAUTHENTICATED" in capsys.readouterr().err
     assert main(["client", "--robot=replay"]) == 2
     assert "--dataset_root" in capsys.readouterr().err
+
+
+def test_fuzzed_messages_get_status_codes_and_never_crash_the_server(server):
+    from smolvla.serve import fuzz
+
+    result = fuzz.run(f"127.0.0.1:{server.port}", count=300, token=TOKEN, seed=7)
+    assert result["unexpected"] == [] and result["still_serving"]
+    statuses = {code for kinds in result["statuses"].values() for code in kinds}
+    assert statuses <= {"OK", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"} and "INVALID_ARGUMENT" in statuses
+    assert sum(sum(kinds.values()) for kinds in result["statuses"].values()) == 300

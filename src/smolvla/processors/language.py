@@ -29,6 +29,10 @@ TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 PAD_TOKEN = "<pad>"
 
 
+def _abbreviate(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
 class TruncationWarning(UserWarning):
     """A task string had more tokens than the policy's `tokenizer_max_length`."""
 
@@ -167,7 +171,7 @@ class Tokenize(ProcessorStep):
         if truncated:
             warnings.warn(
                 f"{len(truncated)} of {len(texts)} task strings have more than max_length={self.max_length} tokens "
-                f"and were truncated, e.g. {texts[truncated[0]]!r}",
+                f"and were truncated, e.g. {_abbreviate(texts[truncated[0]])!r}",
                 TruncationWarning,
                 stacklevel=2,
             )

@@ -28,6 +28,10 @@ from smolvla.serve import protocol as proto
 from smolvla.serve.protocol import ProtocolError
 
 MAX_IMAGE_SIDE = 4096
+MAX_TASK_CHARS = 2000
+# Inputs further than this many standard deviations (or ranges) from the training data are refused: they are no
+# robot's reading, and values near float32's limit would overflow inside the network into NaN actions.
+MAX_NORMALIZED = 1e3
 
 
 @dataclass
@@ -115,8 +119,11 @@ class PolicyService:
             raise ProtocolError(f"{STATE_KEY}: expected float32 ({self.state_dim},), got {state.dtype} {state.shape}")
         if not np.isfinite(state).all():
             raise ProtocolError(f"{STATE_KEY} contains NaN or Inf")
-        if not message.task:
-            raise ProtocolError("the observation has no task instruction")
+        if not message.task or len(message.task) > MAX_TASK_CHARS:
+            raise ProtocolError(
+                f"the task instruction must have 1..{MAX_TASK_CHARS} characters, got {len(message.task)}"
+            )
+        self._check_scale(STATE_KEY, state)
         out: dict[str, Any] = {STATE_KEY: torch.from_numpy(state.copy()), "task": message.task}
         for key in self.cameras:
             image = tensors[key]
@@ -144,7 +151,15 @@ class PolicyService:
             raise ProtocolError("prefix_actions contain NaN or Inf")
         if not 0 <= request.prefix_frozen <= len(actions):
             raise ProtocolError(f"prefix_frozen must be in 0..{len(actions)}, got {request.prefix_frozen}")
-        return self._normalize({"action": torch.from_numpy(actions.copy())})["action"], int(request.prefix_frozen)
+        return self._check_scale("action", actions), int(request.prefix_frozen)
+
+    def _check_scale(self, key: str, values: np.ndarray) -> torch.Tensor:
+        """`values` normalized as the policy will see them, refused when absurdly far from the training data."""
+        normalized = self._normalize({key: torch.from_numpy(values.copy())})[key]
+        if normalized.abs().max() > MAX_NORMALIZED:
+            raise ProtocolError(f"{key} is more than {MAX_NORMALIZED:g} standard deviations (or ranges) from the "
+                                f"training data: {values.tolist()[:8]}")  # fmt: skip
+        return normalized
 
     # --- inference ---
     def predict(self, request: Any) -> Any:
@@ -215,12 +230,17 @@ class PolicyService:
             inferred = time.perf_counter()
             actions = self.post({"action": chunk})["action"].float().cpu().numpy()
             finished = time.perf_counter()
+            finite = np.isfinite(actions).all(axis=(1, 2))
         except Exception as e:  # one bad batch must not stop the server: every waiter gets the error
             for p in group:
                 p.error = e
                 p.done.set()
             return
         for i, p in enumerate(group):
+            if not finite[i]:  # never send NaN to a robot
+                p.error = RuntimeError("the policy produced non-finite actions for this observation")
+                p.done.set()
+                continue
             timing = proto.Timing(
                 queue_ms=1000 * (started - p.enqueued), preprocess_ms=1000 * (prepared - started),
                 inference_ms=1000 * (inferred - prepared), postprocess_ms=1000 * (finished - inferred),
