@@ -139,7 +139,7 @@ def run(address: str, count: int, token: str | None = None, seed: int = 0, timeo
                 if code in UNEXPECTED:
                     unexpected.append({"kind": kind, "status": code, "details": e.details()[:300]})
             counts[kind][code] += 1
-        reply = client.predict(*_observation(info), "open the window", num_steps=1)
+        reply = client.predict(*sample_observation(info), "open the window", num_steps=1)
     finally:
         channel.close()
         client.close()
@@ -151,7 +151,7 @@ def run(address: str, count: int, token: str | None = None, seed: int = 0, timeo
     }
 
 
-def _observation(info: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def sample_observation(info: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     request = valid_request(info, np.random.default_rng(0))
     tensors = {t.name: proto.decode_tensor(t) for t in request.observation.tensors}
     state = tensors.pop("observation.state")
