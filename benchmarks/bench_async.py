@@ -11,6 +11,7 @@ boundaries vs within chunks. Modes:
 
 - sync: ask when the queue is empty, stand still until the chunk lands, execute n_action_steps of it;
 - async: ask when at most `--threshold` × chunk actions remain, keep moving, merge (LeRobot's weighted average);
+- latest: async, the new chunk simply replaces the queued steps (no blending: the seam RTC is meant to remove);
 - rtc: async, and the request carries the queued actions so the chunk continues them (guided inpainting).
 
 Default policy: the reflow benchmark's 1-RF teacher (trained there, or here on first use; four tasks, chunk 10,
@@ -41,6 +42,7 @@ from benchmarks.report import report
 MODES = {  # mode name -> ClientConfig fields
     "sync": {"mode": "sync"},
     "async": {"mode": "async"},
+    "latest": {"mode": "async", "aggregate": "latest"},
     "rtc": {"mode": "async", "rtc": True},
 }
 SEED = 5000  # episode starts disjoint from collection (0...) and `smolvla eval` (1000...)
@@ -123,7 +125,7 @@ def main() -> None:
     parser.add_argument("--tasks", default="window-open,plate-slide")
     parser.add_argument("--episodes", type=int, default=5, help="episodes per task and setting")
     parser.add_argument("--delays_ms", default="0,25,50,100")
-    parser.add_argument("--modes", default="sync,async,rtc")
+    parser.add_argument("--modes", default="sync,async,latest,rtc")
     parser.add_argument("--threshold", type=float, default=0.5, help="async: ask when <= threshold × chunk remain")
     parser.add_argument("--out", default="outputs/async-bench")
     parser.add_argument("--threads", type=int, default=2)

@@ -140,6 +140,11 @@ def test_bad_requests_get_clear_status_codes_and_the_server_keeps_serving(server
     bad["prefix width"] = (with_prefix(np.zeros((3, 2), np.float32), 1), grpc.StatusCode.INVALID_ARGUMENT, "(1..5, 3)")
     bad["prefix NaN"] = (with_prefix(queued + np.nan, 1), grpc.StatusCode.INVALID_ARGUMENT, "NaN")
     bad["prefix frozen"] = (with_prefix(queued, 4), grpc.StatusCode.INVALID_ARGUMENT, "prefix_frozen")
+    empty_but_huge = proto.Tensor(name="observation.state", dtype="float32", shape=[0, 2**62], data=b"")
+    bad["huge empty shape"] = (  # found by the fuzzer: numpy cannot even describe it
+        proto.PredictRequest(observation=proto.Observation(tensors=[empty_but_huge], task="x")).SerializeToString(),
+        grpc.StatusCode.INVALID_ARGUMENT, "dims in 0..",
+    )  # fmt: skip
     for name, (payload, code, text) in bad.items():
         with pytest.raises(grpc.RpcError) as e:
             raw_call(server, payload)

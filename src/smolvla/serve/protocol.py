@@ -133,8 +133,9 @@ def decode_tensor(message: Any) -> np.ndarray:
     if message.dtype not in DTYPES:
         raise ProtocolError(f"tensor {name!r}: dtype {message.dtype!r} is not one of {sorted(DTYPES)}")
     shape = tuple(message.shape)
-    if len(shape) > MAX_DIMS or any(d < 0 for d in shape):
-        raise ProtocolError(f"tensor {name!r}: shape {shape} must have at most {MAX_DIMS} non-negative dims")
+    # Each dim is bounded too: (0, 2⁶²) holds no data, yet numpy cannot even describe it (found by the fuzzer).
+    if len(shape) > MAX_DIMS or any(not 0 <= d <= MAX_ELEMENTS for d in shape):
+        raise ProtocolError(f"tensor {name!r}: shape {shape} must have at most {MAX_DIMS} dims in 0..{MAX_ELEMENTS}")
     count = int(np.prod(shape, dtype=np.float64))
     if count > MAX_ELEMENTS:
         raise ProtocolError(f"tensor {name!r}: {count} elements is more than the limit {MAX_ELEMENTS}")
