@@ -82,7 +82,8 @@ class PolicyService:
         self.cameras = [k for k in cfg.image_features if not k.startswith(EMPTY_CAMERA_PREFIX)]
         self.state_dim = cfg.state_dim
         self.num_steps = config.num_steps or cfg.num_steps
-        self._normalize = next(step for step in preprocessor.steps if isinstance(step, Normalize))
+        # Prefix actions and range checks need the training normalization (identity if the pipeline has none).
+        self._normalize = next((step for step in preprocessor.steps if isinstance(step, Normalize)), lambda b: b)
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._worker = threading.Thread(target=self._serve_batches, name="smolvla-batcher", daemon=True)
         self._worker.start()
@@ -139,12 +140,7 @@ class PolicyService:
         like the training targets, and 0 <= frozen <= L."""
         actions = proto.decode_tensor(request.prefix_actions)
         chunk, dims = self.policy.config.chunk_size, self.policy.config.action_dim
-        if (
-            actions.dtype != np.float32
-            or actions.ndim != 2
-            or actions.shape[1] != dims
-            or not 1 <= len(actions) <= chunk
-        ):
+        if actions.dtype != np.float32 or actions.shape[1:] != (dims,) or not 1 <= len(actions) <= chunk:
             raise ProtocolError(f"prefix_actions: expected float32 (1..{chunk}, {dims}), got {actions.dtype} "
                                 f"{actions.shape}")  # fmt: skip
         if not np.isfinite(actions).all():
