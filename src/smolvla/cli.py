@@ -112,65 +112,28 @@ def evaluate(config) -> int:
     return 0
 
 
+# Command → (module, config class, runner); configs import lazily so `smolvla --help` stays fast.
+_COMMANDS = {
+    "collect": ("smolvla.sim.collect", "CollectConfig", collect),
+    "train": ("smolvla.train.config", "TrainConfig", train),
+    "eval": ("smolvla.eval.evaluate", "EvalConfig", evaluate),
+    "continual": ("smolvla.continual.config", "ContinualConfig", continual),
+    "reflow": ("smolvla.reflow.run", "ReflowConfig", reflow),
+    "distill": ("smolvla.reflow.run", "DistillConfig", distill),
+    "serve": ("smolvla.serve.server", "ServeConfig", serve),
+    "client": ("smolvla.serve.run_client", "RunClientConfig", client),
+    "demo": ("smolvla.demo", "DemoConfig", demo),
+}
+
+
 def _configs():
-    """Command → (default config factory, runner); configs import lazily so `smolvla --help` stays fast."""
+    """Command → (default config factory, runner)."""
+    import importlib
 
-    def collect_config():
-        from smolvla.sim.collect import CollectConfig
+    def factory(module: str, name: str):
+        return lambda: getattr(importlib.import_module(module), name)()
 
-        return CollectConfig()
-
-    def eval_config():
-        from smolvla.eval.evaluate import EvalConfig
-
-        return EvalConfig()
-
-    def train_config():
-        from smolvla.train.config import TrainConfig
-
-        return TrainConfig()
-
-    def continual_config():
-        from smolvla.continual.config import ContinualConfig
-
-        return ContinualConfig()
-
-    def reflow_config():
-        from smolvla.reflow.run import ReflowConfig
-
-        return ReflowConfig()
-
-    def distill_config():
-        from smolvla.reflow.run import DistillConfig
-
-        return DistillConfig()
-
-    def serve_config():
-        from smolvla.serve.server import ServeConfig
-
-        return ServeConfig()
-
-    def client_config():
-        from smolvla.serve.run_client import RunClientConfig
-
-        return RunClientConfig()
-
-    def demo_config():
-        from smolvla.demo import DemoConfig
-
-        return DemoConfig()
-
-    return {
-        "collect": (collect_config, collect),
-        "train": (train_config, train),
-        "eval": (eval_config, evaluate),
-        "continual": (continual_config, continual),
-        "reflow": (reflow_config, reflow),
-        "distill": (distill_config, distill),
-        "serve": (serve_config, serve),
-        "client": (client_config, client),
-        "demo": (demo_config, demo),
-    }
+    return {command: (factory(module, name), run) for command, (module, name, run) in _COMMANDS.items()}
 
 
 def _parse(name: str, make_config, flags: list[str]):
