@@ -51,6 +51,17 @@ def test_predict_chunk_shape_steps_and_determinism(tiny):
     torch.testing.assert_close(one, (noise - v)[..., : tiny.config.action_dim])
 
 
+def test_compiled_inference_matches_eager(tiny):
+    batch = make_batch(tiny)
+    noise = torch.randn(2, tiny.config.chunk_size, tiny.config.max_action_dim)
+    eager = tiny.predict_chunk(batch, noise=noise, num_steps=3)
+    compiled = SmolVLAPolicy(tiny.config, tiny.backbone)
+    compiled.load_state_dict(tiny.state_dict())
+    compiled.eval().compile_inference()
+    torch.testing.assert_close(compiled.predict_chunk(batch, noise=noise, num_steps=3), eager, atol=1e-4, rtol=1e-4)
+    assert "velocity" in vars(compiled.model) and "velocity" not in vars(tiny.model)  # only that policy compiled
+
+
 def test_batched_equals_one_at_a_time(tiny):
     batch = make_batch(tiny, batch_size=3)
     noise = torch.randn(3, tiny.config.chunk_size, tiny.config.max_action_dim)
