@@ -46,11 +46,7 @@ class ReflowConfig(TrainConfig):
 
     @classmethod
     def from_flags(cls, argv: list[str]) -> ReflowConfig:
-        from smolvla.configs import apply_flags, load_config_file
-
-        config = apply_flags(cls(), argv)
-        if config.config_path:
-            config = apply_flags(apply_mapping(cls(), load_config_file(config.config_path)), argv)
+        config = cls.layered(argv)
         if config.resume:
             raise ConfigError("reflow resumes by itself: rerun the same command without --resume")
         config.validate()

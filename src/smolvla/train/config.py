@@ -153,11 +153,17 @@ class TrainConfig:
         return to_mapping(self)
 
     @classmethod
-    def from_flags(cls, argv: list[str]) -> TrainConfig:
-        """Defaults ← `--config_path` file ← flags; with `--resume=true`, the checkpoint's config ← allowed flags."""
+    def layered(cls, argv: list[str]):
+        """Defaults ← `--config_path` file ← flags (not validated: the caller still applies its own rules)."""
         config = apply_flags(cls(), argv)
         if config.config_path:
             config = apply_flags(apply_mapping(cls(), load_config_file(config.config_path)), argv)
+        return config
+
+    @classmethod
+    def from_flags(cls, argv: list[str]) -> TrainConfig:
+        """Defaults ← `--config_path` file ← flags; with `--resume=true`, the checkpoint's config ← allowed flags."""
+        config = cls.layered(argv)
         if config.resume:
             config = _resumed(config, argv)
         config.validate()
