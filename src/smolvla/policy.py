@@ -369,14 +369,21 @@ class SmolVLAPolicy(nn.Module):
             raise ValueError(f"num_steps must be >= 1, got {steps}")
         return self.model.sample(prefix, noise.to(self.device), steps, inpainting=inpainting)[..., : cfg.action_dim]
 
-    def compile_inference(self, mode: str | None = None) -> SmolVLAPolicy:
-        """Compile the two functions inference repeats — the prefix encoder (once per chunk) and the expert's
-        velocity (once per denoising step) — with `torch.compile`. Fusing the expert's many small ops is what
-        matters on a CPU: the tiny preset's step spends most of its time in op dispatch, not in FLOPs. The first
-        call per input shape compiles (tens of seconds); a new language length recompiles once with dynamic
-        shapes. Numerics match eager within float32 rounding, not bit for bit (parity is checked eagerly)."""
-        self.model.encode = torch.compile(self.model.encode, mode=mode)
-        self.model.velocity = torch.compile(self.model.velocity, mode=mode)
+    def compile_inference(self, mode: str | None = None, whole_chunk: bool = False) -> SmolVLAPolicy:
+        """Compile what inference repeats with `torch.compile`. By default the two functions separately — the
+        prefix encoder (once per chunk) and the expert's velocity (once per denoising step) — which fuses the
+        expert's many small ops and compiles in tens of seconds for any `num_steps`. `whole_chunk=True` compiles
+        encoder and the unrolled Euler loop as one graph instead: no Python or guard checks between steps (what
+        a small model's chunk is made of on a CPU; docs/benchmarks.md has the numbers), at the price of a compile
+        several times longer per distinct `num_steps`. The first call per input shape compiles; a new language length
+        recompiles once with dynamic shapes. Numerics match eager within float32 rounding, not bit for bit
+        (parity is checked eagerly). Real-time-chunking (guided) sampling uses the per-function compile's pieces
+        when present, else eager."""
+        if whole_chunk:
+            self.model.sample_chunk = torch.compile(self.model.sample_chunk, mode=mode)
+        else:
+            self.model.encode = torch.compile(self.model.encode, mode=mode)
+            self.model.velocity = torch.compile(self.model.velocity, mode=mode)
         return self
 
     def reset(self) -> None:

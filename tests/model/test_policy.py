@@ -51,15 +51,17 @@ def test_predict_chunk_shape_steps_and_determinism(tiny):
     torch.testing.assert_close(one, (noise - v)[..., : tiny.config.action_dim])
 
 
-def test_compiled_inference_matches_eager(tiny):
+@pytest.mark.parametrize("whole_chunk", [False, True])
+def test_compiled_inference_matches_eager(tiny, whole_chunk):
     batch = make_batch(tiny)
     noise = torch.randn(2, tiny.config.chunk_size, tiny.config.max_action_dim)
-    eager = tiny.predict_chunk(batch, noise=noise, num_steps=3)
+    eager = tiny.predict_chunk(batch, noise=noise, num_steps=2)
     compiled = SmolVLAPolicy(tiny.config, tiny.backbone)
     compiled.load_state_dict(tiny.state_dict())
-    compiled.eval().compile_inference()
-    torch.testing.assert_close(compiled.predict_chunk(batch, noise=noise, num_steps=3), eager, atol=1e-4, rtol=1e-4)
-    assert "velocity" in vars(compiled.model) and "velocity" not in vars(tiny.model)  # only that policy compiled
+    compiled.eval().compile_inference(whole_chunk=whole_chunk)
+    torch.testing.assert_close(compiled.predict_chunk(batch, noise=noise, num_steps=2), eager, atol=1e-4, rtol=1e-4)
+    compiled_functions = {"sample_chunk"} if whole_chunk else {"encode", "velocity"}
+    assert compiled_functions <= set(vars(compiled.model)) and not compiled_functions & set(vars(tiny.model))
 
 
 def test_batched_equals_one_at_a_time(tiny):

@@ -160,4 +160,12 @@ class VLAFlowMatching(nn.Module):
         With `inpainting`, real-time chunking's guided sampling towards the still-queued actions."""
         if inpainting is not None:
             return guided_euler_sample(self.velocity_field(prefix), noise, num_steps, inpainting)
-        return euler_sample(self.velocity_field(prefix), noise, num_steps, return_velocities)
+        if return_velocities:
+            return euler_sample(self.velocity_field(prefix), noise, num_steps, return_velocities=True)
+        return self.sample_chunk(prefix, noise, num_steps)
+
+    def sample_chunk(self, prefix: Prefix, noise: Tensor, num_steps: int) -> Tensor:
+        """The plain inference path as one function (prefix encoded once, `num_steps` Euler steps), so that
+        `torch.compile` can capture a whole chunk in one graph: on a CPU a small model's chunk is mostly per-op and
+        per-call overhead, which only disappears when the denoising loop itself is compiled."""
+        return euler_sample(self.velocity_field(prefix), noise, num_steps)
