@@ -17,6 +17,8 @@ Commands:
   demo     the whole loop on a built-in default: collect Meta-World demos, train a small SmolVLA, evaluate it.
   eval     run a policy (a checkpoint, `expert` or `random`) closed-loop on Meta-World tasks: success per task and
            difficulty, episode length, chunk latency; JSON, a bar chart and rollout videos.
+  bench    time chunks (1/2/5/10 steps) and training steps of the tiny / full-size architectures on this machine:
+           cameras, batch, fp32/bf16, eager/compiled; peak memory, FLOPs and the fraction of the matmul peak.
 
 `smolvla <command> --help` lists a command's flags with their defaults.
 """
@@ -102,6 +104,14 @@ def demo(config) -> int:
     return run_demo(config)
 
 
+def bench(config) -> int:
+    from smolvla.eval.bench import run_bench
+
+    run_bench(config)
+    print(f"wrote {config.output}")
+    return 0
+
+
 def evaluate(config) -> int:
     from smolvla.eval.evaluate import evaluate as run
 
@@ -123,7 +133,12 @@ _COMMANDS = {
     "serve": ("smolvla.serve.server", "ServeConfig", serve),
     "client": ("smolvla.serve.run_client", "RunClientConfig", client),
     "demo": ("smolvla.demo", "DemoConfig", demo),
+    "bench": ("smolvla.eval.bench", "BenchConfig", bench),
 }
+# Commands whose point is latency: their OpenMP threads keep libgomp's default of spinning briefly between ops.
+# Every other command sleeps them at once (PASSIVE), which leaves the cores to data-loader and simulator
+# processes but costs each small op a thread wake-up (the tiny chunk: ~3x slower on 2 cores, docs/benchmarks.md).
+_LATENCY_COMMANDS = ("serve", "bench")
 
 
 def _configs():
@@ -152,8 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     from smolvla.configs import describe
     from smolvla.errors import SmolVLAError
 
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in _LATENCY_COMMANDS:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, when torch first loads OpenMP
     commands = _configs()
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
