@@ -13,11 +13,13 @@ OpenMP is left at libgomp's default wait policy (threads spin briefly between op
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
 
-from smolvla.eval.bench import BenchConfig, markdown_table, run_bench, write_json
+from smolvla.atomic import atomic_write_text
+from smolvla.eval.bench import BenchConfig, markdown_table, run_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.report import RESULTS
@@ -61,7 +63,7 @@ def main() -> None:
     everything.steps = (1, 2, 5, 10)
     print("\n" + markdown_table(rows, everything))
     out = RESULTS / f"model_{machine['device']}.json"
-    write_json(out, {"machine": machine, "rows": rows})
+    atomic_write_text(out, json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
     print(f"\nwrote {out}")
 
 

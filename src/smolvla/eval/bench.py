@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from smolvla.atomic import atomic_write_text
 from smolvla.configs import to_mapping
 from smolvla.errors import ConfigError
 
@@ -319,15 +320,8 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
                         rows.append(row)
             del policy, work
     result = {"machine": machine_info(device), "config": to_mapping(config), "rows": rows}
-    write_json(Path(config.output), result)
+    atomic_write_text(Path(config.output), json.dumps(result, indent=2) + "\n")
     return result
-
-
-def write_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def columns(config: BenchConfig) -> dict[str, str]:
