@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from smolvla.eval.bench import build_policy, make_batch, timed
+from smolvla.eval.bench import build_policy, make_batch, timed, variant
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.report import report
@@ -117,7 +117,7 @@ def camera_batching(reps: int, preset: str) -> dict:
 
 CHILD = """
 import sys, time, statistics, torch
-from smolvla.eval.bench import build_policy, make_batch, timed
+from smolvla.eval.bench import build_policy, make_batch, timed, variant
 torch.set_num_threads({threads})
 x = torch.randn(1 << 16)
 _, op_s = timed(lambda: x.add_(1.0), 2000, "cpu")  # a small op big enough to run on every thread
@@ -161,9 +161,6 @@ def omp_wait_policy(policy, batch, reps: int, preset: str) -> dict:
 
 def compiled(policy, batch, reps: int, preset: str, whole_chunk: bool) -> dict:
     from torch.profiler import ProfilerActivity, profile
-    from transformers.initialization import no_init_weights
-
-    from smolvla import SmolVLAPolicy
 
     noise = torch.randn(1, policy.config.chunk_size, policy.config.max_action_dim)
     _, before = timed(lambda: policy.predict_chunk(batch, noise=noise, num_steps=10), reps, "cpu")
@@ -175,10 +172,7 @@ def compiled(policy, batch, reps: int, preset: str, whole_chunk: bool) -> dict:
     kernel_s *= before / total_s  # the profiler's own overhead inflates every op alike
     calls = 1 if whole_chunk else 11  # compiled-function calls per chunk: one, or encode + 10 velocities
     predicted = before / (kernel_s + calls * 1e-4)  # ~0.1 ms of guards and wrapper per compiled call
-    with no_init_weights():
-        fast = SmolVLAPolicy(policy.config, policy.backbone)
-    fast.load_state_dict(policy.state_dict())
-    fast.eval().compile_inference(whole_chunk=whole_chunk)
+    fast = variant(policy, "fp32", "compiled_chunk" if whole_chunk else "compiled")
     _, after = timed(lambda: fast.predict_chunk(batch, noise=noise, num_steps=10), reps, "cpu")
     name = "torch.compile, whole chunk" if whole_chunk else "torch.compile, encoder + velocity"
     return row(name, preset, before, after, predicted, f"matmul/attention kernels {kernel_s * 1e3:.1f} ms")

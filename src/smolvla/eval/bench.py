@@ -201,7 +201,7 @@ def make_batch(policy, batch_size: int, language_tokens: int, device: str) -> di
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def _variant(policy, dtype: str, mode: str):
+def variant(policy, dtype: str, mode: str):
     """A copy of `policy` in `dtype`, compiled per `mode` (the original stays fp32, eager, for training rows)."""
     from transformers.initialization import no_init_weights
 
@@ -241,7 +241,7 @@ def workload(policy, batch: dict[str, torch.Tensor], config: BenchConfig) -> Wor
 def bench_variant(work: Workload, dtype: str, mode: str, config: BenchConfig, peak: float) -> dict[str, Any]:
     device = config.resolved_device
     policy, batch = work.policy, work.batch
-    model = _variant(policy, dtype, mode)
+    model = variant(policy, dtype, mode)
     row: dict[str, Any] = {"dtype": dtype, "mode": mode}
     compile_s = None
     for steps in config.steps:
