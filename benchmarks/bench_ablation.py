@@ -29,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-from smolvla.eval.bench import build_policy, make_batch, timed, variant
+from smolvla.bench import build_policy, make_batch, variant
+from smolvla.timing import timed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.report import report
@@ -117,7 +118,8 @@ def camera_batching(reps: int, preset: str) -> dict:
 
 CHILD = """
 import sys, time, statistics, torch
-from smolvla.eval.bench import build_policy, make_batch, timed, variant
+from smolvla.bench import build_policy, make_batch, variant
+from smolvla.timing import timed
 torch.set_num_threads({threads})
 x = torch.randn(1 << 16)
 _, op_s = timed(lambda: x.add_(1.0), 2000, "cpu")  # a small op big enough to run on every thread

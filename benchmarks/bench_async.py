@@ -49,7 +49,8 @@ SEED = 5000  # episode starts disjoint from collection (0...) and `smolvla eval`
 
 
 def run_setting(client, info, task: str, mode: str, delay_ms: float, episodes: int, threshold: float) -> list[dict]:
-    from smolvla.serve.robot import ClientConfig, MetaWorldRobot, RobotClient, remote_source
+    from smolvla.serve.robot import ClientConfig, RobotClient, remote_source
+    from smolvla.sim.robot import MetaWorldRobot
 
     cameras = {f.name: f.name.rsplit(".", 1)[-1] for f in info.features if f.name.startswith("observation.images.")}
     size = next(f.shape[0] for f in info.features if f.name in cameras)
@@ -115,8 +116,8 @@ def plot(rows: list[dict], modes: list[str], path: Path) -> Path:
 
 
 def main() -> None:
-    from smolvla.configs import load_config_file
     from smolvla.continual.config import ContinualConfig
+    from smolvla.flags import load_config_file
     from smolvla.serve.client import PolicyClient
     from smolvla.serve.server import PolicyServer, ServeConfig
 

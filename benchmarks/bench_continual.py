@@ -52,9 +52,9 @@ def _replay_label(config) -> str:
 
 
 def main() -> None:
-    from smolvla.configs import load_config_file
     from smolvla.continual.config import ContinualConfig
     from smolvla.continual.runner import run_continual
+    from smolvla.flags import load_config_file
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default=str(CONFIG))

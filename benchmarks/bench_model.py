@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from smolvla.atomic import atomic_write_text
-from smolvla.eval.bench import BenchConfig, markdown_table, run_bench
+from smolvla.bench import BenchConfig, markdown_table, run_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.report import RESULTS

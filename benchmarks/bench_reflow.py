@@ -100,8 +100,8 @@ def plot(rows: list[dict], step_counts: list[int], path: Path) -> Path:
 
 
 def main() -> None:
-    from smolvla.configs import load_config_file
     from smolvla.continual.config import ContinualConfig
+    from smolvla.flags import load_config_file
     from smolvla.policy import SmolVLAPolicy
     from smolvla.processors import load_processors
     from smolvla.reflow.measure import action_errors, chunk_latency

@@ -56,7 +56,7 @@ def save_figure(fig, path: Path, dpi: int = 120) -> Path:
     fig.tight_layout()
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp, dpi=dpi, format="png")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # the optional `sim` extra (charts): only callers that draw have it
 
     plt.close(fig)
     os.replace(tmp, path)

@@ -25,9 +25,13 @@ Commands:
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
+
+from smolvla.errors import SmolVLAError
+from smolvla.flags import apply_flags, describe
 
 
 def collect(config) -> int:
@@ -41,9 +45,10 @@ def collect(config) -> int:
 
 
 def train(config) -> int:
+    from smolvla.reflow.hooks import hooks_for
     from smolvla.train.trainer import train as run
 
-    result = run(config)
+    result = run(config, hooks_for(config))
     print(f"trained {result.step} steps in {result.seconds:.0f} s; final checkpoint: {result.checkpoint}")
     print(f"metrics: {result.metrics}  TensorBoard: tensorboard --logdir {result.tensorboard}")
     return 0
@@ -86,7 +91,7 @@ def serve(config) -> int:
 
 
 def client(config) -> int:
-    from smolvla.serve.run_client import run_client
+    from smolvla.serve.drive import run_client
 
     summary = run_client(config)
     trips = summary["round_trip_ms"]
@@ -105,7 +110,7 @@ def demo(config) -> int:
 
 
 def bench(config) -> int:
-    from smolvla.eval.bench import run_bench
+    from smolvla.bench import run_bench
 
     run_bench(config)
     print(f"wrote {config.output}")
@@ -122,18 +127,19 @@ def evaluate(config) -> int:
     return 0
 
 
-# Command → (module, config class, runner); configs import lazily so `smolvla --help` stays fast.
+# Command → (module, config class, runner). Everything a command needs is imported when it runs, not here: the
+# OpenMP wait policy below must be set before torch loads, and `smolvla --help` stays instant.
 _COMMANDS = {
     "collect": ("smolvla.sim.collect", "CollectConfig", collect),
-    "train": ("smolvla.train.config", "TrainConfig", train),
+    "train": ("smolvla.reflow.config", "ReflowTrainConfig", train),
     "eval": ("smolvla.eval.evaluate", "EvalConfig", evaluate),
     "continual": ("smolvla.continual.config", "ContinualConfig", continual),
-    "reflow": ("smolvla.reflow.run", "ReflowConfig", reflow),
-    "distill": ("smolvla.reflow.run", "DistillConfig", distill),
+    "reflow": ("smolvla.reflow.config", "ReflowConfig", reflow),
+    "distill": ("smolvla.reflow.config", "DistillConfig", distill),
     "serve": ("smolvla.serve.server", "ServeConfig", serve),
-    "client": ("smolvla.serve.run_client", "RunClientConfig", client),
+    "client": ("smolvla.serve.drive", "RunClientConfig", client),
     "demo": ("smolvla.demo", "DemoConfig", demo),
-    "bench": ("smolvla.eval.bench", "BenchConfig", bench),
+    "bench": ("smolvla.bench", "BenchConfig", bench),
 }
 # Commands whose point is latency: their OpenMP threads keep libgomp's default of spinning briefly between ops.
 # Every other command sleeps them at once (PASSIVE), which leaves the cores to data-loader and simulator
@@ -143,7 +149,6 @@ _LATENCY_COMMANDS = ("serve", "bench")
 
 def _configs():
     """Command → (default config factory, runner)."""
-    import importlib
 
     def factory(module: str, name: str):
         return lambda: getattr(importlib.import_module(module), name)()
@@ -152,21 +157,12 @@ def _configs():
 
 
 def _parse(name: str, make_config, flags: list[str]):
-    from smolvla.configs import apply_flags
-
-    if name == "train":  # --config_path files and --resume rebuild the config from files
-        from smolvla.train.config import TrainConfig
-
-        return TrainConfig.from_flags(flags)
-    if name in ("continual", "reflow", "distill"):  # settings files, and checks across fields
+    if name in ("train", "continual", "reflow", "distill"):  # settings files, --resume, checks across fields
         return make_config().from_flags(flags)
     return apply_flags(make_config(), flags)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from smolvla.configs import describe
-    from smolvla.errors import SmolVLAError
-
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] not in _LATENCY_COMMANDS:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, when torch first loads OpenMP

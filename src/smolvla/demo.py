@@ -19,7 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from smolvla.atomic import save_figure
 from smolvla.errors import ConfigError
+from smolvla.eval.evaluate import EvalConfig, EvalLoop, PolicyRef, evaluate
+from smolvla.model.checkpoint import PRETRAINED_MODEL
+from smolvla.sim.collect import CollectConfig, collect, collected_with
+from smolvla.sim.metaworld_env import MetaWorldConfig
+from smolvla.train.checkpoint import LAST, checkpoints_dir
+from smolvla.train.config import TrainConfig
+from smolvla.train.trainer import train
 
 SIZES: dict[str, dict[str, Any]] = {
     "quick": {"tasks": "drawer-close", "episodes_per_task": 4, "steps": 40, "batch_size": 8, "eval_episodes": 2,
@@ -60,14 +70,10 @@ class DemoConfig:
 
 
 def _env(cfg: DemoConfig):
-    from smolvla.sim.metaworld_env import MetaWorldConfig
-
     return MetaWorldConfig(task=cfg.tasks, cameras=cfg.cameras, image_size=cfg.image_size, max_steps=cfg.max_steps)
 
 
 def _collect(cfg: DemoConfig, root: Path) -> Path:
-    from smolvla.sim.collect import CollectConfig, collect, collected_with
-
     env = _env(cfg)
     config = CollectConfig(
         env=env, episodes_per_task=cfg.episodes_per_task, output_dir=str(root), seed=cfg.seed,
@@ -83,10 +89,6 @@ def _collect(cfg: DemoConfig, root: Path) -> Path:
 
 
 def _train(cfg: DemoConfig, dataset: Path, out: Path):
-    from smolvla.train.checkpoint import LAST, checkpoints_dir
-    from smolvla.train.config import TrainConfig
-    from smolvla.train.trainer import train
-
     config = TrainConfig(output_dir=str(out), steps=cfg.steps, batch_size=cfg.batch_size, seed=cfg.seed)
     config.dataset.root = (str(dataset),)
     config.dataset.cache_frames = True
@@ -112,12 +114,10 @@ def _train(cfg: DemoConfig, dataset: Path, out: Path):
 
 def plot_losses(metrics: Path, path: Path) -> Path:
     """Training and validation loss against step, from the run's metrics.jsonl."""
-    import matplotlib
+    import matplotlib  # the optional `sim` extra (charts): imported when a chart is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from smolvla.atomic import save_figure
 
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -134,19 +134,15 @@ def plot_losses(metrics: Path, path: Path) -> Path:
 
 
 def _default_device() -> str:
-    import torch
-
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def run_demo(config: DemoConfig) -> int:
-    from smolvla.eval.evaluate import EvalConfig, EvalLoop, PolicyRef, evaluate
-
     cfg = config.resolved()
     out = Path(cfg.output_dir)
     dataset = _collect(cfg, out / "dataset")
     result = _train(cfg, dataset, out / "train")
-    checkpoint = result.checkpoint / "pretrained_model"
+    checkpoint = result.checkpoint / PRETRAINED_MODEL
     print(f"[3/3] evaluating {checkpoint} on {cfg.eval_episodes} unseen starts per task")
     summary = evaluate(
         EvalConfig(

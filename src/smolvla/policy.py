@@ -1,93 +1,40 @@
 """`SmolVLAPolicy`: the user-facing policy over model-space batches (LeRobot 0.6 semantics).
 
-A batch uses LeRobot's keys: `observation.state` (B, d) normalized, `observation.images.<cam>` (B, 3, H, W) float in
-[0, 1], optional `observation.images.<cam>_padding_mask` (B,) bool, `observation.language.tokens` /
-`observation.language.attention_mask` (B, L), and for training `action` (B, chunk, d_action) normalized with
-optional `action_is_pad` (B, chunk). Normalization and tokenization are processors saved beside the checkpoint;
-this class validates the batch, pads state/actions to the model's widths, prepares the cameras, and crops predicted
-actions back to the robot's action dimension.
+Batches use LeRobot's keys and model space (state/actions normalized, images float in [0, 1], language tokenized;
+`smolvla.model.batch` has the contract and checks it). Normalization and tokenization are processors saved beside
+the checkpoint. This class ties the pieces together: construction (preset or checkpoint), freezing, the training
+loss, chunk sampling, compilation and the action queue of `select_action`.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+from transformers.initialization import no_init_weights
 
-from smolvla.errors import BatchError, CheckpointError, ConfigError
-from smolvla.model.backbone import BACKBONE_PRESETS, SMOLVLM2_500M, TINY_BACKBONE, Backbone, resolve_backbone
+from smolvla.errors import CheckpointError, ConfigError
+from smolvla.keys import STATE_KEY
+from smolvla.model.backbone import Backbone, resolve_backbone
+from smolvla.model.batch import check_shape, prepare_actions, prepare_observation
 from smolvla.model.checkpoint import (
     CONFIG_NAME,
     WEIGHTS_NAME,
-    atomic_directory,
     load_strict,
+    pretrained_dir,
     read_weights,
     split_legacy_stats,
+    write_pretrained,
 )
-from smolvla.model.config import ACTION_KEY, EMPTY_CAMERA_PREFIX, STATE_KEY, SmolVLAConfig
+from smolvla.model.config import SmolVLAConfig
 from smolvla.model.flow_matching import Prefix, VLAFlowMatching
-from smolvla.model.images import resize_with_pad
+from smolvla.model.presets import preset_config
 from smolvla.model.rectified_flow import Inpainting
+from smolvla.processors.pipeline import Pipeline
 
-if TYPE_CHECKING:
-    from smolvla.processors.pipeline import Pipeline
-
-LANG_TOKENS = "observation.language.tokens"
-LANG_MASK = "observation.language.attention_mask"
-ACTION_IS_PAD = "action_is_pad"
-VLM_SUBDIR = "vlm"
-
-
-def _preset_configs() -> dict[str, dict[str, Any]]:
-    base_features = {
-        "input_features": {
-            STATE_KEY: {"type": "STATE", "shape": [6]},
-            **{f"observation.images.camera{i}": {"type": "VISUAL", "shape": [3, 256, 256]} for i in (1, 2, 3)},
-        },
-        "output_features": {ACTION_KEY: {"type": "ACTION", "shape": [6]}},
-    }
-    return {
-        # LeRobot's SmolVLA defaults on SmolVLM2-500M: the architecture of `lerobot/smolvla_base`.
-        # Field values as in that checkpoint's config.json (0 means "unset" for expert layers and prefix length).
-        "smolvla_base": {
-            **base_features,
-            "vlm_model_name": SMOLVLM2_500M,
-            "pad_language_to": "max_length",
-            "num_expert_layers": 0,
-            "prefix_length": 0,
-            "load_vlm_weights": True,
-        },
-        # A few-hundred-thousand-parameter trunk (plus SmolVLM2's token table) for CPU tests and the demo.
-        "tiny": {
-            "input_features": {
-                STATE_KEY: {"type": "STATE", "shape": [6]},
-                "observation.images.top": {"type": "VISUAL", "shape": [3, 64, 64]},
-            },
-            "output_features": {ACTION_KEY: {"type": "ACTION", "shape": [6]}},
-            "vlm_model_name": TINY_BACKBONE,
-            "chunk_size": 10,
-            "n_action_steps": 10,
-            "resize_imgs_with_padding": [64, 64],
-            "num_vlm_layers": 4,
-        },
-    }
-
-
-def preset_config(name: str) -> dict[str, Any]:
-    """The config fields of a built-in architecture ("smolvla_base", "tiny")."""
-    presets = _preset_configs()
-    if name not in presets:
-        raise ConfigError(f"unknown preset {name!r}; known presets: {sorted(presets)}")
-    return presets[name]
-
-
-def _check_finite(name: str, value: Tensor) -> None:
-    if value.is_floating_point() and not torch.isfinite(value).all():
-        raise BatchError(f"{name} contains NaN or Inf values")
+REDUCTIONS = ("mean", "none", "sum_count")
 
 
 class SmolVLAPolicy(nn.Module):
@@ -104,7 +51,6 @@ class SmolVLAPolicy(nn.Module):
         self.config = config
         self.backbone = backbone
         self.model = VLAFlowMatching(config, backbone)
-        self.legacy_stats: dict[str, Tensor] = {}
         self.apply_freezing()
         self.reset()
 
@@ -125,10 +71,9 @@ class SmolVLAPolicy(nn.Module):
         """Load a LeRobot-style `pretrained_model/` directory (config.json + model.safetensors), strictly.
 
         `vlm_config` overrides where the backbone architecture comes from (a SmolVLM config dict or directory).
+        Normalization buffers of old LeRobot checkpoints are not weights: `split_legacy_stats` reads them.
         """
-        path = Path(path)
-        if not (path / CONFIG_NAME).is_file() and (path / "pretrained_model" / CONFIG_NAME).is_file():
-            path = path / "pretrained_model"
+        path = pretrained_dir(path)
         if not (path / CONFIG_NAME).is_file():
             raise CheckpointError(f"{path} is not a pretrained_model directory: no {CONFIG_NAME}")
         config = SmolVLAConfig.from_json(path / CONFIG_NAME)
@@ -138,46 +83,23 @@ class SmolVLAPolicy(nn.Module):
             override=vlm_config,
             need_special_ids=config.add_image_special_tokens,
         )
-        weights, stats = split_legacy_stats(read_weights(path / WEIGHTS_NAME))
-        from transformers.initialization import no_init_weights
-
+        weights, _ = split_legacy_stats(read_weights(path / WEIGHTS_NAME))
         with no_init_weights():  # every tensor is overwritten below; skip the random init of 450M parameters
             policy = cls(config, backbone)
         load_strict(policy, weights, source=str(path / WEIGHTS_NAME))
-        policy.legacy_stats = stats
         return policy.to(device) if device is not None else policy
 
     def save_pretrained(self, path: str | Path, processors: tuple[Pipeline, Pipeline] | None = None) -> None:
-        """Write config.json + model.safetensors (LeRobot layout, `format: pt`) atomically.
-
-        A backbone that is not a built-in preset is saved in `vlm/` and referenced relatively, so the checkpoint
-        loads offline on any machine. `processors` (pre, post), e.g. from `smolvla.processors.make_processors`, are
-        saved into the same directory (`policy_preprocessor.json`, ..., tokenizer files); reload them with
-        `smolvla.processors.load_processors(path)`.
-        """
-        from safetensors.torch import save_file
-
-        config = self.config.to_dict()
-        preset = BACKBONE_PRESETS.get(self.config.vlm_model_name)
-        self_contained = self.backbone.directory is not None or preset is None or preset[0] != self.backbone.config
-        if self_contained:
-            config["vlm_model_name"] = VLM_SUBDIR
+        """Write config.json + model.safetensors (LeRobot layout) atomically, and `processors` (pre, post), e.g. from
+        `smolvla.processors.make_processors`, into the same directory (`policy_preprocessor.json`, ..., tokenizer
+        files); reload those with `smolvla.processors.load_processors(path)`."""
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
 
-        def write(tmp: Path) -> None:
-            (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-            save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-            if self_contained:
-                (tmp / VLM_SUBDIR).mkdir()
-                source = self.backbone.directory
-                for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-                    if source is not None and (source / name).is_file():
-                        shutil.copyfile(source / name, tmp / VLM_SUBDIR / name)
-                (tmp / VLM_SUBDIR / CONFIG_NAME).write_text(json.dumps(self.backbone.config, indent=2) + "\n")
+        def write_processors(directory: Path) -> None:
             for pipeline in processors or ():
-                pipeline.save(tmp)
+                pipeline.save(directory)
 
-        atomic_directory(Path(path), write)
+        write_pretrained(Path(path), self.config.to_dict(), tensors, self.backbone, write_processors)
 
     def apply_freezing(self) -> None:
         """LeRobot's presets: train_expert_only freezes the backbone, freeze_vision_encoder the SigLIP tower."""
@@ -198,114 +120,24 @@ class SmolVLAPolicy(nn.Module):
     def device(self) -> torch.device:
         return self.model.state_proj.weight.device
 
-    def _tensor(self, batch: dict[str, Any], key: str, what: str) -> Tensor:
-        if key not in batch:
-            raise BatchError(f"batch has no {key!r} ({what}); batch keys: {sorted(batch)}")
-        value = batch[key]
-        if not isinstance(value, Tensor):
-            raise BatchError(f"{key!r} must be a torch.Tensor, got {type(value).__name__}")
-        return value.to(self.device)
-
-    def _last_step(self, value: Tensor, key: str, per_step_ndim: int) -> Tensor:
-        # A stacked observation history (B, T, ...) uses its newest step, as LeRobot's n_obs_steps=1 policies do.
-        if value.ndim == per_step_ndim + 2:
-            return value[:, -1]
-        if value.ndim != per_step_ndim + 1:
-            raise BatchError(
-                f"{key!r} must have {per_step_ndim + 1} dims (batch first), got shape {tuple(value.shape)}"
-            )
-        return value
-
-    def _images(self, batch: dict[str, Any], batch_size: int) -> tuple[list[Tensor], list[Tensor]]:
-        cfg = self.config
-        images, masks = [], []
-        absent_empty = 0
-        for key in cfg.image_features:
-            if key not in batch:
-                if key.startswith(EMPTY_CAMERA_PREFIX):
-                    absent_empty += 1
-                    continue
-                cams = [k for k in cfg.image_features if not k.startswith(EMPTY_CAMERA_PREFIX)]
-                raise BatchError(f"camera {key!r} is missing from the batch; the policy expects cameras {cams}")
-            img = self._last_step(self._tensor(batch, key, "camera image"), key, 3)
-            if not img.is_floating_point():
-                raise BatchError(f"camera {key!r} must be float in [0, 1], got {img.dtype} (divide uint8 by 255)")
-            if img.shape[0] != batch_size or img.shape[1] != 3:
-                raise BatchError(f"camera {key!r} must be ({batch_size}, 3, H, W), got {tuple(img.shape)}")
-            _check_finite(key, img)
-            if cfg.resize_imgs_with_padding is not None:
-                img = resize_with_pad(img, *cfg.resize_imgs_with_padding, pad_value=0.0)
-            images.append(img * 2.0 - 1.0)
-            mask_key = f"{key}_padding_mask"
-            if mask_key in batch:
-                mask = self._tensor(batch, mask_key, "per-sample camera validity")
-                if mask.shape != (batch_size,):
-                    raise BatchError(f"{mask_key!r} must have shape ({batch_size},), got {tuple(mask.shape)}")
-                masks.append(mask.bool())
-            else:
-                masks.append(torch.ones(batch_size, dtype=torch.bool, device=self.device))
-        for _ in range(absent_empty):  # placeholder cameras: constant -1 images that nothing attends to
-            images.append(torch.full_like(images[-1], -1.0))
-            masks.append(torch.zeros(batch_size, dtype=torch.bool, device=self.device))
-        return images, masks
+    @property
+    def vocab_size(self) -> int:
+        return self.model.vlm_with_expert.text_model.embed_tokens.num_embeddings
 
     def prepare_observation(self, batch: dict[str, Any]) -> Prefix:
-        """Validate an observation batch and turn it into model space (see module docstring)."""
-        cfg = self.config
-        if not isinstance(batch, dict):
-            raise BatchError(f"batch must be a dict of tensors, got {type(batch).__name__}")
-        state = self._last_step(self._tensor(batch, STATE_KEY, "robot state"), STATE_KEY, 1)
-        if state.shape[-1] not in (cfg.state_dim, cfg.max_state_dim):
-            raise BatchError(
-                f"{STATE_KEY!r} has dim {state.shape[-1]}, expected {cfg.state_dim} (config) or "
-                f"{cfg.max_state_dim} (already padded)"
-            )
-        _check_finite(STATE_KEY, state)
-        batch_size = state.shape[0]
-        if LANG_TOKENS not in batch and "task" in batch:
-            raise BatchError("batch has a 'task' string but no language tokens: run the language processor first")
-        tokens = self._tensor(batch, LANG_TOKENS, "language token ids")
-        lang_mask = self._tensor(batch, LANG_MASK, "language attention mask")
-        if tokens.ndim != 2 or tokens.shape[0] != batch_size or lang_mask.shape != tokens.shape:
-            raise BatchError(
-                f"language tokens {tuple(tokens.shape)} and mask {tuple(lang_mask.shape)} must both be "
-                f"({batch_size}, L)"
-            )
-        if tokens.is_floating_point():
-            raise BatchError(f"{LANG_TOKENS!r} must be integer token ids, got {tokens.dtype}")
-        if tokens.shape[1] > cfg.tokenizer_max_length:
-            raise BatchError(
-                f"language has {tokens.shape[1]} tokens, longer than tokenizer_max_length={cfg.tokenizer_max_length}"
-            )
-        vocab = self.model.vlm_with_expert.text_model.embed_tokens.num_embeddings
-        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= vocab):
-            raise BatchError(f"language token ids must be in [0, {vocab}), got [{tokens.min()}, {tokens.max()}]")
-        images, image_masks = self._images(batch, batch_size)
-        padded_state = torch.zeros(batch_size, cfg.max_state_dim, dtype=torch.float32, device=self.device)
-        padded_state[:, : state.shape[1]] = state
-        return Prefix(images, image_masks, tokens.long(), lang_mask.bool(), padded_state)
+        """Validate an observation batch and turn it into model space (`smolvla.model.batch`)."""
+        return prepare_observation(batch, self.config, self.vocab_size, self.device)
 
     def prepare_actions(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
         """Target actions padded to max_action_dim (B, chunk, max_action_dim) and the optional step padding."""
+        return prepare_actions(batch, self.config, self.device)
+
+    def sample_noise_and_time(self, batch_size: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Flow-matching noise (B, chunk, max_action_dim) and times (B,) on the CPU, drawn in that order from
+        `generator`: a reproducible draw is one seeded generator, whoever calls."""
         cfg = self.config
-        actions = self._tensor(batch, ACTION_KEY, "target action chunk")
-        widths = (cfg.action_dim, cfg.max_action_dim)
-        expected = (actions.shape[0], cfg.chunk_size, cfg.action_dim)
-        if actions.ndim != 3 or actions.shape[1] != cfg.chunk_size or actions.shape[2] not in widths:
-            raise BatchError(
-                f"{ACTION_KEY!r} must be (B, chunk_size, action_dim) = {expected} or padded to max_action_dim "
-                f"{cfg.max_action_dim}, got {tuple(actions.shape)}"
-            )
-        _check_finite(ACTION_KEY, actions)
-        padded = torch.zeros(*expected[:2], cfg.max_action_dim, dtype=torch.float32, device=self.device)
-        padded[..., : actions.shape[2]] = actions
-        is_pad = batch.get(ACTION_IS_PAD)
-        if is_pad is not None:
-            is_pad = is_pad.to(self.device)
-            if tuple(is_pad.shape) != expected[:2]:
-                raise BatchError(f"{ACTION_IS_PAD!r} must be {expected[:2]}, got {tuple(is_pad.shape)}")
-            is_pad = is_pad.bool()
-        return padded, is_pad
+        noise = torch.randn(batch_size, cfg.chunk_size, cfg.max_action_dim, generator=generator)
+        return noise, self.model.sample_time(batch_size, torch.device("cpu"), generator=generator)
 
     # --- training ---
     def compute_loss(
@@ -314,33 +146,29 @@ class SmolVLAPolicy(nn.Module):
         noise: Tensor | None = None,
         time: Tensor | None = None,
         reduction: str = "mean",
-    ) -> Tensor:
-        """Flow-matching MSE over real action dims and non-padded steps: a scalar ("mean") or per sample ("none")."""
-        if reduction not in ("mean", "none"):
-            raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Flow-matching MSE over real action dims and non-padded steps (LeRobot 0.6.1's rule): a scalar ("mean"),
+        per sample ("none"), or per-sample (sum, count) ("sum_count") for callers that average over a larger batch
+        (gradient accumulation, several processes) and must weigh each sample by its valid elements."""
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         prefix = self.prepare_observation(batch)
         actions, is_pad = self.prepare_actions(batch)
-        shape = actions.shape
         if noise is None:
-            noise = torch.randn(shape, dtype=torch.float32, device=self.device)
-        elif tuple(noise.shape) != tuple(shape):
-            raise BatchError(f"noise must have shape {tuple(shape)}, got {tuple(noise.shape)}")
+            noise = torch.randn(actions.shape, dtype=torch.float32)
         if time is None:
-            time = self.model.sample_time(shape[0], self.device)
-        elif tuple(time.shape) != (shape[0],):
-            raise BatchError(f"time must have shape ({shape[0]},), got {tuple(time.shape)}")
+            time = self.model.sample_time(actions.shape[0], torch.device("cpu"))
+        check_shape("noise", noise, actions.shape)
+        check_shape("time", time, actions.shape[:1])
         losses = self.model.losses(prefix, actions, noise.to(self.device), time.to(self.device))["losses_raw"]
-        return self.reduce_losses(losses, is_pad, reduction)
-
-    def reduce_losses(self, losses: Tensor, is_pad: Tensor | None, reduction: str) -> Tensor:
-        """Crop to the real action dims, drop padded steps, average over what remains (LeRobot 0.6.1's rule)."""
-        dim = self.config.action_dim
-        losses = losses[..., :dim]
+        losses = losses[..., : self.config.action_dim]
         valid = torch.ones(losses.shape[:2], device=losses.device) if is_pad is None else (~is_pad).float()
         losses = losses * valid[..., None]
-        if reduction == "none":
-            return losses.sum(dim=(1, 2)) / (valid.sum(dim=1) * dim).clamp(min=1)
-        return losses.sum() / (valid.sum() * dim).clamp(min=1)
+        counts = valid.sum(dim=1) * self.config.action_dim
+        if reduction == "mean":
+            return losses.sum() / counts.sum().clamp(min=1)
+        sums = losses.sum(dim=(1, 2))
+        return (sums, counts) if reduction == "sum_count" else sums / counts.clamp(min=1)
 
     def forward(
         self, batch: dict[str, Any], noise: Tensor | None = None, time: Tensor | None = None, reduction: str = "mean"
@@ -362,8 +190,7 @@ class SmolVLAPolicy(nn.Module):
         shape = (prefix.state.shape[0], cfg.chunk_size, cfg.max_action_dim)
         if noise is None:
             noise = torch.randn(shape, dtype=torch.float32, device=self.device)
-        elif tuple(noise.shape) != shape:
-            raise BatchError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
+        check_shape("noise", noise, shape)
         steps = cfg.num_steps if num_steps is None else int(num_steps)
         if steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {steps}")

@@ -6,7 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import smolvla.model.checkpoint
 from smolvla import CheckpointError, ConfigError, SmolVLAPolicy
+from smolvla.model.checkpoint import read_weights, split_legacy_stats
 from tests.conftest import PARITY_DIR, make_batch
 
 
@@ -95,9 +97,11 @@ def test_corrupt_weights_file_is_an_error(tmp_path, fixture_weights):
 def test_compiled_prefix_and_legacy_normalization_buffers(tmp_path, fixture_weights):
     renamed = {k.replace("model.", "model._orig_mod.", 1): v for k, v in fixture_weights.items()}
     renamed["normalize_inputs.buffer_observation_state.mean"] = torch.arange(7.0)
-    policy = SmolVLAPolicy.from_pretrained(_write(tmp_path, renamed))
+    directory = _write(tmp_path, renamed)
+    policy = SmolVLAPolicy.from_pretrained(directory)
     assert torch.equal(policy.model.state_proj.bias, fixture_weights["model.state_proj.bias"])
-    assert torch.equal(policy.legacy_stats["normalize_inputs.buffer_observation_state.mean"], torch.arange(7.0))
+    _, stats = split_legacy_stats(read_weights(directory / "model.safetensors"))
+    assert torch.equal(stats["normalize_inputs.buffer_observation_state.mean"], torch.arange(7.0))
 
 
 def test_not_a_checkpoint_and_bad_config(tmp_path):
@@ -125,12 +129,11 @@ def test_unresolvable_backbone_names_where_it_looked(tmp_path):
 def test_failed_save_leaves_previous_checkpoint(tiny, tmp_path, monkeypatch):
     tiny.save_pretrained(tmp_path / "ckpt")
     before = (tmp_path / "ckpt" / "model.safetensors").read_bytes()
-    import safetensors.torch
 
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", boom)
+    monkeypatch.setattr(smolvla.model.checkpoint, "save_file", boom)  # the weights write fails half-way
     with pytest.raises(OSError, match="disk full"):
         tiny.save_pretrained(tmp_path / "ckpt")
     assert (tmp_path / "ckpt" / "model.safetensors").read_bytes() == before

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from smolvla import BatchError, ConfigError, SmolVLAPolicy
+from smolvla.model.rectified_flow import euler_sample
 from tests.conftest import make_batch
+from tests.model.reference import reference_velocity
 
 
 @pytest.fixture(scope="module")
@@ -13,13 +15,17 @@ def tiny():
     return SmolVLAPolicy.from_preset("tiny").eval()
 
 
-def test_cached_and_uncached_sampling_identical(tiny):
+def test_cached_sampling_equals_the_joint_uncached_reference(tiny):
+    """The prefix cache (encoded once per chunk, SDPA) against LeRobot's literal layer loop, prefix and suffix
+    through every layer jointly at every denoising step."""
     batch = make_batch(tiny)
     noise = torch.randn(2, tiny.config.chunk_size, tiny.config.max_action_dim)
-    cached = tiny.predict_chunk(batch, noise=noise)
-    uncached_policy = SmolVLAPolicy(tiny.config.replace(use_cache=False), tiny.backbone)
-    uncached_policy.load_state_dict(tiny.state_dict())
-    assert torch.equal(uncached_policy.predict_chunk(batch, noise=noise), cached)
+    cached = tiny.predict_chunk(batch, noise=noise, num_steps=4)
+    prefix = tiny.prepare_observation(batch)
+    with torch.no_grad():
+        uncached = euler_sample(lambda x_t, t: reference_velocity(tiny, prefix, x_t, t), noise, 4)
+    torch.testing.assert_close(cached, uncached[..., : tiny.config.action_dim], rtol=0, atol=1e-5)
+    assert not torch.allclose(cached, noise[..., : tiny.config.action_dim])
 
 
 def test_training_velocity_equals_first_sampling_velocity(tiny):

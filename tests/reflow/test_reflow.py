@@ -7,16 +7,32 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from smolvla import streams
 from smolvla.errors import ConfigError
 from smolvla.policy import SmolVLAPolicy
 from smolvla.processors import load_processors
+from smolvla.reflow.config import DistillConfig, ReflowArgs, ReflowConfig, ReflowTrainConfig
+from smolvla.reflow.hooks import ReflowHooks, hooks_for
+from smolvla.reflow.measure import action_errors, chunk_latency
 from smolvla.reflow.pairs import PairCache, generate_pairs
-from smolvla.reflow.run import DistillConfig, ReflowConfig, run_distill, run_reflow
-from smolvla.reflow.teacher import ReflowTargets, solve
+from smolvla.reflow.run import run_distill, run_reflow
+from smolvla.reflow.teacher import solve
 from smolvla.train.config import DatasetArgs, TrainConfig
 from smolvla.train.data import load_train_data
-from smolvla.train.trainer import Trainer, train
+from smolvla.train.trainer import Trainer
+from smolvla.train.trainer import train as train_with
 from tests.data.builders import EPISODES, make_episodes, write_v30
+
+
+def train(config: TrainConfig):
+    """`smolvla train`: the reflow flags select the reflow hooks."""
+    return train_with(config, hooks_for(config))
+
+
+def reflow_trainer(flags: list[str]) -> Trainer:
+    config = ReflowTrainConfig.from_flags(flags)
+    return Trainer(config, hooks_for(config))
+
 
 BASE = ["--batch_size=4", "--log_freq=2", "--save_freq=100", "--val_freq=0", "--num_workers=0", "--progress=false"]
 
@@ -34,7 +50,7 @@ def teacher(dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("teacher")
     flags = [f"--dataset.root={dataset}", f"--output_dir={out}", "--steps=4", *BASE]
     flags += ["--policy.chunk_size=5", "--policy.n_action_steps=5"]
-    return train(TrainConfig.from_flags(flags)).checkpoint / "pretrained_model"
+    return train(ReflowTrainConfig.from_flags(flags)).checkpoint / "pretrained_model"
 
 
 def reflow_flags(dataset, teacher, out, *extra):
@@ -51,11 +67,11 @@ def first_batch(dataset, teacher, n=4):
 
 
 def test_targets_are_the_teachers_own_ode_solution(dataset, teacher, tmp_path):
-    trainer = Trainer(TrainConfig.from_flags(reflow_flags(dataset, teacher, tmp_path / "s")))
+    trainer = reflow_trainer(reflow_flags(dataset, teacher, tmp_path / "s"))
     raw, batch = first_batch(dataset, teacher)
     noise = torch.randn(4, 5, trainer.policy.config.max_action_dim, generator=torch.Generator().manual_seed(3))
     time = torch.full((4,), 0.3)
-    paired, x0, t = trainer.reflow(raw, batch, noise, time, index=0)
+    paired, x0, t = trainer.hooks.targets(raw, batch, noise, time, index=0)
     # An independent Euler solve of the teacher (loaded afresh) from the same noise and observation.
     reference = SmolVLAPolicy.from_pretrained(teacher).eval()
     x1 = reference.model.sample(reference.prepare_observation(batch), noise, 3)
@@ -69,10 +85,10 @@ def test_targets_are_the_teachers_own_ode_solution(dataset, teacher, tmp_path):
 
 
 def test_teacher_is_frozen_and_not_saved(dataset, teacher, tmp_path):
-    trainer = Trainer(TrainConfig.from_flags(reflow_flags(dataset, teacher, tmp_path / "s")))
+    trainer = reflow_trainer(reflow_flags(dataset, teacher, tmp_path / "s"))
     before = {k: v.clone() for k, v in load_file(str(teacher / "model.safetensors")).items()}
     result = trainer.run()
-    frozen = trainer.reflow._teacher
+    frozen = trainer.hooks._teacher
     assert frozen is not None and not frozen.training
     assert all(not p.requires_grad and p.grad is None for p in frozen.parameters())
     assert all(torch.equal(frozen.state_dict()[k], v) for k, v in before.items())
@@ -103,15 +119,15 @@ def test_pair_cache_is_reproducible_and_used_as_stored(dataset, teacher, tmp_pat
     torch.testing.assert_close(x1, expected, rtol=0, atol=1e-5)
     # Training from the cache is deterministic and reads the same pairs as online reflow would compute.
     flags = reflow_flags(dataset, teacher, tmp_path / "c1", f"--policy.reflow_pairs={tmp_path / 'a'}", "--seed=1000")
-    first = train(TrainConfig.from_flags(flags))
+    first = train(ReflowTrainConfig.from_flags(flags))
     flags = reflow_flags(dataset, teacher, tmp_path / "c2", f"--policy.reflow_pairs={tmp_path / 'b'}", "--seed=1000")
-    second = train(TrainConfig.from_flags(flags))
+    second = train(ReflowTrainConfig.from_flags(flags))
     w1 = load_file(str(first.checkpoint / "pretrained_model" / "model.safetensors"))
     w2 = load_file(str(second.checkpoint / "pretrained_model" / "model.safetensors"))
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
     # A cache made with another seed (another split and noise) is refused, naming what differs.
     with pytest.raises(ConfigError, match="seed"):
-        train(TrainConfig.from_flags(reflow_flags(dataset, teacher, tmp_path / "c3",
+        train(ReflowTrainConfig.from_flags(reflow_flags(dataset, teacher, tmp_path / "c3",
                                                   f"--policy.reflow_pairs={tmp_path / 'a'}", "--seed=1")))  # fmt: skip
 
 
@@ -137,27 +153,27 @@ def test_reflow_rounds_and_one_step_distillation(dataset, teacher, tmp_path):
 
 
 def test_distillation_trains_the_one_step_map_only(dataset, teacher, tmp_path):
-    trainer = Trainer(TrainConfig.from_flags(reflow_flags(dataset, teacher, tmp_path / "d",
-                                                          "--policy.reflow_one_step=true")))  # fmt: skip
+    trainer = reflow_trainer(reflow_flags(dataset, teacher, tmp_path / "d",
+                                                          "--policy.reflow_one_step=true"))  # fmt: skip
     raw, batch = first_batch(dataset, teacher)
     noise = torch.randn(4, 5, trainer.policy.config.max_action_dim)
-    _, _, t = trainer.reflow(raw, batch, noise, torch.rand(4), index=0)
+    _, _, t = trainer.hooks.targets(raw, batch, noise, torch.rand(4), index=0)
     assert torch.equal(t, torch.ones(4))  # x_t = X0: the loss is on the single Euler step X0 − v(X0, 1)
 
 
 def test_bad_teachers_are_clear_errors(dataset, teacher, tmp_path):
     def make(*extra, teacher_path=teacher):
-        return Trainer(TrainConfig.from_flags(reflow_flags(dataset, teacher_path, tmp_path / "x", *extra)))
+        return reflow_trainer(reflow_flags(dataset, teacher_path, tmp_path / "x", *extra))
 
     with pytest.raises(ConfigError, match="teacher_path"):
-        TrainConfig.from_flags([f"--dataset.root={dataset}", "--policy.use_reflow=true"])
+        ReflowTrainConfig.from_flags([f"--dataset.root={dataset}", "--policy.use_reflow=true"])
     with pytest.raises(ConfigError, match="use_reflow"):
-        TrainConfig.from_flags([f"--dataset.root={dataset}", f"--policy.teacher_path={teacher}"])
+        ReflowTrainConfig.from_flags([f"--dataset.root={dataset}", f"--policy.teacher_path={teacher}"])
     with pytest.raises(ConfigError, match="does not exist"):
         make(teacher_path=tmp_path / "nowhere")
     # A student with another chunk size than the teacher cannot regress its chunks.
     other = tmp_path / "other"
-    train(TrainConfig.from_flags([f"--dataset.root={dataset}", f"--output_dir={other}", "--steps=1", *BASE,
+    train(ReflowTrainConfig.from_flags([f"--dataset.root={dataset}", f"--output_dir={other}", "--steps=1", *BASE,
                                   "--policy.chunk_size=4", "--policy.n_action_steps=4"]))  # fmt: skip
     with pytest.raises(ConfigError, match="chunk_size=5, the student chunk_size=4"):
         make("--policy.path=" + str(other / "checkpoints" / "last"))
@@ -169,19 +185,15 @@ def test_bad_teachers_are_clear_errors(dataset, teacher, tmp_path):
 
 
 def test_reflow_targets_check_the_action_width(dataset, teacher):
-    from smolvla.train.config import PolicyArgs
-
     student = SmolVLAPolicy.from_pretrained(teacher)
     student.config.output_features["action"] = type(student.config.output_features["action"])("ACTION", (2,))
-    args = PolicyArgs(use_reflow=True, teacher_path=str(teacher))
+    config = ReflowTrainConfig(dataset=DatasetArgs(root=(str(dataset),)))
+    hooks = ReflowHooks(ReflowArgs(use_reflow=True, teacher_path=str(teacher)))
     with pytest.raises(ConfigError, match="action_dim=3, the student action_dim=2"):
-        ReflowTargets(args, DatasetArgs(root=(str(dataset),)), student, seed=0, use_amp=False)
+        hooks.attach(student, config)
 
 
 def test_step_count_measurements(dataset, teacher):
-    from smolvla.reflow.measure import action_errors, chunk_latency
-    from smolvla.train.data import batch_seed
-
     pre, _ = load_processors(teacher)
     data = load_train_data(DatasetArgs(root=(str(dataset),)), 5, seed=1000).train
     policies = {"teacher": SmolVLAPolicy.from_pretrained(teacher).eval()}
@@ -193,7 +205,7 @@ def test_step_count_measurements(dataset, teacher):
     # Recompute the noisy policy's 2-step error against the 4-step teacher by hand on the same frames and noise.
     indices = torch.randperm(len(data), generator=torch.Generator().manual_seed(5))[:6].tolist()
     batch = pre(torch.utils.data.default_collate([data[i] for i in indices]))
-    noise = torch.randn(6, 5, 32, generator=torch.Generator().manual_seed(batch_seed(5, 0, 4)))
+    noise = torch.randn(6, 5, 32, generator=torch.Generator().manual_seed(streams.batch_seed(5, 0, streams.MEASURE)))
     reference = policies["teacher"].predict_chunk(batch, noise=noise, num_steps=4)
     noisy = policies["noisy"].predict_chunk(batch, noise=noise, num_steps=2)
     expected = (noisy - reference).pow(2).mean().item()

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from smolvla.errors import ConfigError
-from smolvla.serve.robot import ClientConfig, Observation, RobotClient
+from smolvla.robot_io import Observation
+from smolvla.serve.robot import ClientConfig, RobotClient
 
 TARGET = 3.0
 
@@ -100,10 +101,10 @@ def test_rtc_sends_the_still_queued_actions_and_lets_the_new_chunk_replace_them(
     robot = PointRobot()
     stats = client.run_episode(robot, seed=0)
     assert stats.success and stats.requests == len(requests) > 3
-    assert requests[0].prefix is None  # nothing queued yet
+    assert requests[0].queued_actions is None  # nothing queued yet
     for request in requests[1:]:  # asked with 5 queued (threshold 0.5 × 10), 3 of which run during the 0.3 s delay
         expected = 1 + (request.timestep + np.arange(5, dtype=np.float32)[:, None]) / 1000
-        np.testing.assert_allclose(request.prefix, expected, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(request.queued_actions, expected, rtol=0, atol=1e-6)
         assert request.frozen == 3
     assert stats.boundary_jump == pytest.approx(stats.within_jump, abs=1e-6)  # "latest": no seam at merges
 

@@ -31,7 +31,7 @@ def test_soft_mask_is_the_papers_eq_5():
 def test_guidance_inpaints_the_frozen_steps_and_leaves_unweighted_ones_alone():
     noise = torch.randn(64, 8, 3, generator=torch.Generator().manual_seed(0))
     prefix = torch.full((4, 2), 2.0)  # 4 queued actions over the first 2 action dims, the first 2 of them frozen
-    inpainting = Inpainting.from_prefixes([prefix] * 64, [2] * 64, horizon=8, width=3)
+    inpainting = Inpainting.from_queued([prefix] * 64, [2] * 64, horizon=8, width=3)
     assert inpainting.weights[0, :, 2].abs().sum() == 0  # the padded action dim is never guided
     plain = euler_sample(gaussian_velocity, noise, 10)
     guided = guided_euler_sample(gaussian_velocity, noise, 10, inpainting)
@@ -41,11 +41,11 @@ def test_guidance_inpaints_the_frozen_steps_and_leaves_unweighted_ones_alone():
     assert frozen_error < decaying_error < (plain[:, 2:4, :2] - 2).abs().mean()  # softly pulled
     torch.testing.assert_close(guided[:, 4:], plain[:, 4:], rtol=0, atol=0)  # beyond the overlap: unchanged
     torch.testing.assert_close(guided[..., 2], plain[..., 2], rtol=0, atol=0)
-    no_prefix = Inpainting.from_prefixes([torch.zeros(0, 2)] * 64, [0] * 64, horizon=8, width=3)
+    no_prefix = Inpainting.from_queued([torch.zeros(0, 2)] * 64, [0] * 64, horizon=8, width=3)
     assert torch.equal(guided_euler_sample(gaussian_velocity, noise, 10, no_prefix), plain)
 
 
 def test_guidance_refuses_inference_mode():
-    inpainting = Inpainting.from_prefixes([torch.zeros(2, 1)], [1], horizon=4, width=1)
+    inpainting = Inpainting.from_queued([torch.zeros(2, 1)], [1], horizon=4, width=1)
     with torch.inference_mode(), pytest.raises(RuntimeError, match="no_grad"):
         guided_euler_sample(gaussian_velocity, torch.zeros(1, 4, 1), 2, inpainting)

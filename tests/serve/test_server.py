@@ -132,14 +132,14 @@ def test_bad_requests_get_clear_status_codes_and_the_server_keeps_serving(server
 
     def with_prefix(actions, frozen):
         message = proto.PredictRequest.FromString(request())
-        message.prefix_actions.CopyFrom(proto.encode_tensor("prefix_actions", actions))
-        message.prefix_frozen = frozen
+        message.queued_actions.CopyFrom(proto.encode_tensor("queued_actions", actions))
+        message.frozen_steps = frozen
         return message.SerializeToString()
 
     queued = np.zeros((3, 3), np.float32)
     bad["prefix width"] = (with_prefix(np.zeros((3, 2), np.float32), 1), grpc.StatusCode.INVALID_ARGUMENT, "(1..5, 3)")
     bad["prefix NaN"] = (with_prefix(queued + np.nan, 1), grpc.StatusCode.INVALID_ARGUMENT, "NaN")
-    bad["prefix frozen"] = (with_prefix(queued, 4), grpc.StatusCode.INVALID_ARGUMENT, "prefix_frozen")
+    bad["prefix frozen"] = (with_prefix(queued, 4), grpc.StatusCode.INVALID_ARGUMENT, "frozen_steps")
     empty_but_huge = proto.Tensor(name="observation.state", dtype="float32", shape=[0, 2**62], data=b"")
     bad["huge empty shape"] = (  # found by the fuzzer: numpy cannot even describe it
         proto.PredictRequest(observation=proto.Observation(tensors=[empty_but_huge], task="x")).SerializeToString(),
@@ -170,7 +170,7 @@ def test_rtc_requests_continue_the_queued_actions(server):
     previous = robot.predict(state, images, "open the drawer", seed=1).actions
     queued = previous[2:]  # 2 of 5 executed: 3 queued, the first 2 of which execute during inference
     plain = robot.predict(state, images, "open the drawer", seed=2).actions
-    rtc = robot.predict(state, images, "open the drawer", seed=2, prefix_actions=queued, prefix_frozen=2)
+    rtc = robot.predict(state, images, "open the drawer", seed=2, queued_actions=queued, frozen_steps=2)
     assert rtc.timing["batch_size"] == 1
     plain_gap, rtc_gap = (np.abs(chunk[:2] - queued[:2]).mean() for chunk in (plain, rtc.actions))
     assert rtc_gap < 0.5 * plain_gap
@@ -202,7 +202,8 @@ def test_nothing_on_the_wire_is_pickled():
 
 
 def test_a_full_episode_through_the_server(server):
-    from smolvla.serve.robot import ClientConfig, Observation, RobotClient, remote_source
+    from smolvla.robot_io import Observation
+    from smolvla.serve.robot import ClientConfig, RobotClient, remote_source
 
     class CameraRobot:  # the test policy's robot: 4-D state, two cameras, 3-D actions; 20 Hz, 12 steps
         fps = 20.0

@@ -25,8 +25,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from smolvla.configs import FILE_ONLY, apply_flags, apply_mapping, load_config_file, to_mapping
 from smolvla.errors import ConfigError
+from smolvla.flags import FILE_ONLY, apply_flags, apply_mapping, load_config_file, to_mapping
 from smolvla.train.config import TrainConfig
 
 METHODS = ("replay", "sequential", "multitask")

@@ -14,10 +14,20 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from smolvla.atomic import atomic_directory, atomic_write_text
 from smolvla.continual.config import ContinualConfig
+from smolvla.data import split_episodes
 from smolvla.data.meta import DatasetError, DatasetMeta, load_meta
+from smolvla.data.stats import aggregate_stats, stats_to_json
 from smolvla.errors import ConfigError
-from smolvla.train.checkpoint import PRETRAINED_MODEL, checkpoints_dir, step_name
+from smolvla.keys import ACTION_KEY, STATE_KEY
+from smolvla.model.checkpoint import CONFIG_NAME, PRETRAINED_MODEL
+from smolvla.model.config import SmolVLAConfig
+from smolvla.model.presets import preset_config
+from smolvla.processors import TaskTokenizer
+from smolvla.sim.tasks import canonical
+from smolvla.train.build import policy_dir
+from smolvla.train.checkpoint import checkpoints_dir, step_name
 from smolvla.train.config import TrainConfig
 
 STATS_FILE = "stats.json"
@@ -99,8 +109,6 @@ def _train_config(config, output_dir, ids, weights, steps, lr, previous, spec) -
 
 def task_metas(config: ContinualConfig) -> dict[str, DatasetMeta]:
     """Every task's dataset metadata, checked to fit one model: same state/action/cameras, within its max dims."""
-    from smolvla.model.config import ACTION_KEY, STATE_KEY
-
     metas = {}
     for task in config.tasks:
         try:
@@ -130,8 +138,6 @@ def task_metas(config: ContinualConfig) -> dict[str, DatasetMeta]:
         if meta.stats is None:
             raise DatasetError(f"task {task_id!r}: {meta.root} has no meta/stats.json")
     if config.eval.episodes:
-        from smolvla.sim.tasks import canonical
-
         for task in config.tasks:
             if task.sim_task:
                 canonical(task.sim_task)  # a typo fails now, not after hours of training
@@ -143,12 +149,8 @@ def _signature(meta: DatasetMeta) -> dict[str, list]:
 
 
 def _model_max_dims(config: ContinualConfig) -> tuple[int, int]:
-    from smolvla.model.config import SmolVLAConfig
-    from smolvla.policy import preset_config
-    from smolvla.train.build import pretrained_dir
-
     if config.train.policy.path:
-        model = SmolVLAConfig.from_json(pretrained_dir(config.train.policy.path) / "config.json")
+        model = SmolVLAConfig.from_json(policy_dir(config.train.policy.path) / CONFIG_NAME)
         return model.max_state_dim, model.max_action_dim
     fields = preset_config(config.train.policy.preset)
     return (
@@ -159,10 +161,6 @@ def _model_max_dims(config: ContinualConfig) -> tuple[int, int]:
 
 def write_shared(config: ContinualConfig, metas: dict[str, DatasetMeta]) -> None:
     """The run's fixed normalization statistics and (from scratch) tokenizer, written once."""
-    from smolvla.atomic import atomic_directory, atomic_write_text
-    from smolvla.data.stats import aggregate_stats, stats_to_json
-    from smolvla.processors import TaskTokenizer
-
     out = run_dir(config)
     if not (out / STATS_FILE).is_file():
         chosen = [metas[config.stages[0].task]] if config.stats == "first" else list(metas.values())
@@ -176,7 +174,5 @@ def write_shared(config: ContinualConfig, metas: dict[str, DatasetMeta]) -> None
 
 def validation_split(config: ContinualConfig, meta: DatasetMeta) -> list[int]:
     """A task's held-out episodes: the same split the trainer makes, in every stage."""
-    from smolvla.data import split_episodes
-
     _, val = split_episodes(meta.episode_index.tolist(), config.train.dataset.val_fraction, config.train.seed)
     return val

@@ -7,16 +7,16 @@ from typing import Any
 
 import numpy as np
 
+from smolvla.atomic import save_figure
+
 
 def plot_matrix(results: dict[str, Any], path: Path) -> Path:
     """R[i][j] as an annotated heat-map (blank where task j was not seen yet); the validation loss matrix instead
     when no task is simulated."""
-    import matplotlib
+    import matplotlib  # the optional `sim` extra (charts): imported when a chart is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from smolvla.atomic import save_figure
 
     simulated = any(v is not None for row in results["success_matrix"] for v in row)
     key, label = ("success_matrix", "success") if simulated else ("loss_matrix", "validation loss")

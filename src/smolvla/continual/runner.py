@@ -20,11 +20,23 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
 from smolvla.atomic import atomic_write_text
 from smolvla.continual.config import ContinualConfig
 from smolvla.continual.metrics import LEARNT, forgetting_status, lifelong_metrics
 from smolvla.continual.plan import Stage, run_dir, stages, task_metas, validation_split, write_shared
+from smolvla.continual.report import plot_matrix
+from smolvla.data import LeRobotDataset, chunk_delta_timestamps
 from smolvla.errors import ConfigError
+from smolvla.policy import SmolVLAPolicy
+from smolvla.processors import load_processors
+from smolvla.sim.tasks import canonical
+from smolvla.train.checkpoint import has_checkpoints
+from smolvla.train.loss import validation_loss
+from smolvla.train.metrics import METRICS_FILE
+from smolvla.train.trainer import train
 
 CONFIG_FILE = "continual_config.json"
 STAGE_RESULT = "stage_result.json"
@@ -62,8 +74,6 @@ def run_continual(config: ContinualConfig) -> dict[str, Any]:
     results["wall_s_this_run"] = round(time.perf_counter() - started, 1)
     atomic_write_text(out / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
     try:
-        from smolvla.continual.report import plot_matrix
-
         results["heatmap"] = str(plot_matrix(results, out / HEATMAP_FILE))
     except ImportError:  # matplotlib comes with the sim extra
         results["heatmap"] = None
@@ -72,8 +82,6 @@ def run_continual(config: ContinualConfig) -> dict[str, Any]:
 
 
 def _default_device() -> str:
-    import torch
-
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -105,9 +113,6 @@ def _comparable(mapping: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_stage(config, stage: Stage, k: int, n: int, metas, rows, device: str) -> dict[str, Any]:
-    from smolvla.train.checkpoint import has_checkpoints
-    from smolvla.train.trainer import train
-
     mix = ", ".join(f"{t} {w:.2f}" for t, w in stage.mixture.items())
     lr = stage.train.policy.optimizer_lr
     print(f"\n=== stage {k + 1}/{n}: {stage.name} ({stage.train.steps} steps, lr {lr:.2g}, mixture: {mix}) ===")
@@ -150,8 +155,6 @@ def _status(config: ContinualConfig, task_id: str, row: dict[str, Any], rows: li
 
 
 def _last_train_loss(output_dir: Path) -> float | None:
-    from smolvla.train.trainer import METRICS_FILE
-
     path = output_dir / METRICS_FILE
     rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
     losses = [r["train/loss"] for r in rows if "train/loss" in r]
@@ -160,11 +163,6 @@ def _last_train_loss(output_dir: Path) -> float | None:
 
 def validation_losses(config: ContinualConfig, stage: Stage, metas, device: str) -> dict[str, float | None]:
     """Loss of the stage's final policy on each seen task's held-out episodes (None: the task has none)."""
-    from smolvla.data import LeRobotDataset, chunk_delta_timestamps
-    from smolvla.policy import SmolVLAPolicy
-    from smolvla.processors import load_processors
-    from smolvla.train.trainer import validation_loss
-
     policy = SmolVLAPolicy.from_pretrained(stage.final_checkpoint).to(device)
     pre, _ = load_processors(stage.final_checkpoint, device=device)
     out: dict[str, float | None] = {}
@@ -187,9 +185,9 @@ def closed_loop_success(config: ContinualConfig, stage: Stage, device: str) -> d
     sim = {t: config.task(t).sim_task for t in stage.seen if config.task(t).sim_task}
     if not sim or config.eval.episodes == 0:
         return {}
+    # The simulator is the optional `sim` extra: only runs that measure success need it installed.
     from smolvla.eval.evaluate import EvalConfig, EvalLoop, PolicyRef, evaluate
     from smolvla.sim.metaworld_env import MetaWorldConfig
-    from smolvla.sim.tasks import canonical
 
     summary = evaluate(
         EvalConfig(
@@ -205,8 +203,6 @@ def closed_loop_success(config: ContinualConfig, stage: Stage, device: str) -> d
 
 
 def _log_tensorboard(out: Path, row: dict[str, Any], stage: int) -> None:
-    from torch.utils.tensorboard import SummaryWriter
-
     with SummaryWriter(str(out / "tensorboard"), purge_step=stage) as writer:
         for task_id, loss in row["val_loss"].items():
             if loss is not None:

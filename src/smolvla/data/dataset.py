@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 from torch.utils.data import Dataset
 
@@ -40,8 +41,12 @@ def split_episodes(episodes: Sequence[int], val_fraction: float, seed: int = 0) 
     return [e for e in episodes if e not in set(val)], val
 
 
-def _to_chw(frame: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).float().div_(255.0)
+def frames_to_float(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Camera frames as stored and rendered, (..., H, W, 3) uint8, → LeRobot's image convention, (..., 3, H, W)
+    float32 in [0, 1]. The one definition of that conversion: the dataset, the simulator agent and the policy server
+    (through `smolvla.processors.ImagesToFloat`) all use it."""
+    frames = torch.as_tensor(np.ascontiguousarray(frames) if isinstance(frames, np.ndarray) else frames)
+    return frames.movedim(-1, -3).float().div_(255.0)
 
 
 class LeRobotDataset(Dataset):
@@ -92,8 +97,6 @@ class LeRobotDataset(Dataset):
         return out
 
     def _load_rows(self) -> None:
-        import pyarrow as pa
-
         features = self.meta.features
         self.array_keys = [k for k, f in features.items() if f["dtype"] not in ("image", "video")]
         selected = set(self.episodes)
@@ -129,10 +132,6 @@ class LeRobotDataset(Dataset):
     # --- access ---
     def __len__(self) -> int:
         return len(self.row_episode)
-
-    @property
-    def num_episodes(self) -> int:
-        return len(self.episodes)
 
     @property
     def fps(self) -> int:
@@ -174,7 +173,7 @@ class LeRobotDataset(Dataset):
         frames = []
         for row in rows.tolist():
             frame = self.frames[key][row] if key in self.frames else self._decode(key, row, episode_pos)
-            image = _to_chw(frame)
+            image = frames_to_float(frame)
             frames.append(self.image_transforms(image) if self.image_transforms else image)
         return torch.stack(frames)
 

@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from smolvla.data.stats import aggregate_stats
 from smolvla.errors import SmolVLAError
 
 INFO_PATH = "meta/info.json"
@@ -64,9 +67,6 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def read_parquet(path: Path, columns: list[str] | None = None):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     if not path.is_file():
         raise DatasetError(f"missing file {path}")
     try:
@@ -82,8 +82,6 @@ def read_parquet(path: Path, columns: list[str] | None = None):
 
 def column(table, name: str, path: Path, shape: list[int] | None = None) -> np.ndarray:
     """A parquet column as numpy: scalars (N,), fixed or variable lists checked against `shape` → (N, *shape)."""
-    import pyarrow as pa
-
     if name not in table.column_names:
         raise DatasetError(f"{path} has no column {name!r}; it has {table.column_names}")
     col = table.column(name).combine_chunks()
@@ -218,7 +216,6 @@ def _load_v30(root: Path, info: dict[str, Any]) -> DatasetMeta:
     episode_files = sorted((root / EPISODES_DIR).glob("chunk-*/file-*.parquet"))
     if not episode_files:
         raise DatasetError(f"{root / EPISODES_DIR} has no episode metadata files (chunk-*/file-*.parquet)")
-    import pyarrow as pa
 
     episodes = pa.concat_tables([read_parquet(p) for p in episode_files], promote_options="permissive")
     where = root / EPISODES_DIR
@@ -283,8 +280,6 @@ def _load_v21(root: Path, info: dict[str, Any]) -> DatasetMeta:
     }
     stats = None
     if (root / "meta/episodes_stats.jsonl").is_file():
-        from smolvla.data.stats import aggregate_stats
-
         per_episode = [_stats_from_json(r["stats"]) for r in read_jsonl(root / "meta/episodes_stats.jsonl")]
         stats = aggregate_stats(per_episode)
     elif (root / STATS_PATH).is_file():

@@ -3,8 +3,9 @@
 Replay (continual learning) and multi-dataset training need "60 % current task, 40 % earlier tasks". Drawing a
 dataset at random per sample only gets that on average; here each epoch's sample count per dataset is fixed up front
 (largest-remainder rounding of `num_samples × weight`), each dataset contributes distinct frames until it is
-exhausted (then a fresh permutation), and the merged order is shuffled, all from `(seed, epoch)`. The position inside
-an epoch can be restored, so a resumed run continues with the very samples it would have drawn.
+exhausted (then a fresh permutation), and the merged order is shuffled, all from `(seed, epoch)`: epoch k's order is
+`epoch_indices(k)`, so a resumed run (`smolvla.train.data.GlobalBatches`) recomputes where it stood instead of
+saving iterator state.
 """
 
 from __future__ import annotations
@@ -50,21 +51,10 @@ class WeightedDatasetSampler(Sampler[int]):
         self.num_samples = sum(self.sizes) if num_samples is None else int(num_samples)
         self.counts = apportion(self.num_samples, weights)
         self.seed = int(seed)
-        self.epoch = 0
-        self.position = 0
+        self.epoch = 0  # the epoch the next iteration yields
 
     def __len__(self) -> int:
         return self.num_samples
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch, self.position = int(epoch), 0
-
-    def resume(self, epoch: int, position: int) -> None:
-        """Continue epoch `epoch` after its first `position` samples (e.g. steps done × batch size)."""
-        self.epoch, self.position = int(epoch), int(position)
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
 
     def epoch_indices(self, epoch: int) -> torch.Tensor:
         """The full index order of one epoch."""
@@ -77,8 +67,5 @@ class WeightedDatasetSampler(Sampler[int]):
         return merged[torch.randperm(len(merged), generator=g)]
 
     def __iter__(self) -> Iterator[int]:
-        start = self.position
-        for index in self.epoch_indices(self.epoch)[start:].tolist():
-            self.position += 1
-            yield index
-        self.epoch, self.position = self.epoch + 1, 0
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        yield from self.epoch_indices(epoch).tolist()

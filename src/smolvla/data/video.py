@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 
 from smolvla.errors import SmolVLAError
@@ -47,8 +48,6 @@ class VideoSettings:
 
 def available_codec(preferred: str) -> str:
     """`preferred` if this PyAV build can encode it, else libx264, else mpeg4 (always built in)."""
-    import av
-
     for name in (preferred, "libx264", "mpeg4"):
         try:
             av.codec.Codec(name, "w")
@@ -62,8 +61,6 @@ class VideoEncoder:
     """Appends RGB frames (H, W, 3) uint8 to one mp4 at a fixed fps; frame n has timestamp n / fps."""
 
     def __init__(self, path: str | Path, fps: int, width: int, height: int, settings: VideoSettings | None = None):
-        import av
-
         settings = settings or VideoSettings()
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,8 +74,6 @@ class VideoEncoder:
         self.bytes = 0  # encoded so far (the muxer may not have flushed it to disk yet)
 
     def add(self, frames: Iterable[np.ndarray]) -> None:
-        import av
-
         for frame in frames:
             if frame.shape != (self.stream.height, self.stream.width, 3) or frame.dtype != np.uint8:
                 raise VideoError(
@@ -100,8 +95,6 @@ class VideoEncoder:
 
 def encode_png(image: np.ndarray) -> bytes:
     """Lossless PNG bytes of an (H, W, 3) uint8 image (LeRobot's storage of `image` features in parquet)."""
-    import av
-
     codec = av.CodecContext.create("png", "w")
     codec.width, codec.height, codec.pix_fmt = image.shape[1], image.shape[0], "rgb24"
     packets = codec.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24"))
@@ -110,8 +103,6 @@ def encode_png(image: np.ndarray) -> bytes:
 
 def decode_image(data: bytes, where: str) -> np.ndarray:
     """(H, W, 3) uint8 from encoded image bytes (PNG, JPEG, ...)."""
-    import av
-
     for codec_name in ("png", "mjpeg"):
         try:
             frames = av.CodecContext.create(codec_name, "r").decode(av.Packet(data))
@@ -157,8 +148,6 @@ class VideoFrameReader:
         self._open.clear()
 
     def _get(self, path: Path) -> _OpenVideo:
-        import av
-
         if os.getpid() != self._pid:
             # A forked DataLoader worker must not use its parent's decoders, nor free them: their FFmpeg threads do
             # not exist in the child, and deallocating them there crashes. They are parked, never touched.
@@ -190,8 +179,6 @@ class VideoFrameReader:
 
     def frame(self, path: str | Path, time_s: float) -> np.ndarray:
         """The (H, W, 3) uint8 frame shown at `time_s` seconds (within `tolerance_s`)."""
-        import av
-
         path = Path(path)
         video = self._get(path)
         tol = self.tolerance_s

@@ -16,7 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from smolvla.atomic import replace_directory, temp_directory_for
 from smolvla.data.meta import (
@@ -151,8 +154,6 @@ class DatasetWriter:
     # --- episodes ---
     def add_episode(self, frames: dict[str, np.ndarray], task: str | Sequence[str]) -> int:
         """Append one episode: every feature as an array with a leading time axis; one task or one per frame."""
-        import pyarrow as pa
-
         if self.tmp is None:
             raise DatasetError("writer is already finalized")
         user = [k for k in self.features if k not in DEFAULT_FEATURES]
@@ -227,8 +228,6 @@ class DatasetWriter:
         return episode
 
     def _write_data(self, table) -> dict[str, int]:
-        import pyarrow.parquet as pq
-
         if self._data_writer is not None and self._data_bytes + table.nbytes > self.data_mb * 1024**2:
             self._data_writer.close()
             self._data_writer = None
@@ -264,8 +263,6 @@ class DatasetWriter:
 
     # --- finalize ---
     def _video_info(self, encoder: VideoEncoder) -> dict[str, Any]:
-        import av
-
         return {
             "video.height": encoder.stream.height,
             "video.width": encoder.stream.width,
@@ -283,9 +280,6 @@ class DatasetWriter:
         `extra_meta` maps file names to JSON-able objects written under `meta/` (e.g. how the data was collected);
         LeRobot ignores files it does not know.
         """
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         if self.tmp is None:
             raise DatasetError("writer is already finalized")
         extra_meta = extra_meta or {}

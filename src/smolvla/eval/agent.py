@@ -11,9 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from smolvla.errors import ConfigError
-from smolvla.model.config import EMPTY_CAMERA_PREFIX, IMAGE_PREFIX, STATE_KEY
+from smolvla.keys import EMPTY_CAMERA_PREFIX, IMAGE_PREFIX, STATE_KEY, TASK_KEY
+from smolvla.policy import SmolVLAPolicy
+from smolvla.processors import ImagesToFloat, load_processors
+from smolvla.sim.agents import ExpertAgent, RandomAgent
 
 BUILTIN_AGENTS = ("expert", "random")
 
@@ -30,12 +34,10 @@ class SmolVLAAgent:
             if not key.startswith(EMPTY_CAMERA_PREFIX)
         }
         self.new_chunk = True
+        self.to_float = ImagesToFloat()
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str = "cpu", num_steps: int | None = None) -> SmolVLAAgent:
-        from smolvla.policy import SmolVLAPolicy
-        from smolvla.processors.smolvla import load_processors
-
         policy = SmolVLAPolicy.from_pretrained(path, device=device)
         if num_steps is not None:
             policy.config.num_steps = int(num_steps)
@@ -51,25 +53,22 @@ class SmolVLAAgent:
         return height if height == width else None
 
     def reset(self, seed: int = 0) -> None:
-        import torch
-
         torch.manual_seed(seed)  # the flow-matching noise: same seed, same rollout
         self.policy.reset()
 
     def select_action(self, observation: dict[str, Any]) -> np.ndarray:
         # Observations are only read when a new chunk is due: the other calls dequeue, so skip their preprocessing.
         self.new_chunk = self.policy.will_predict
-        batch = self.preprocessor(self._batch(observation)) if self.new_chunk else {}
+        batch = self.preprocessor(self.to_float(self._batch(observation))) if self.new_chunk else {}
         action = self.policy.select_action(batch)
         return self.postprocessor({"action": action})["action"][0].numpy()
 
     def _batch(self, observation: dict[str, Any]) -> dict[str, Any]:
-        import torch
-
+        """The env's observation under the policy's keys, frames still raw uint8."""
         pixels = observation.get("pixels", {})
         batch: dict[str, Any] = {
             STATE_KEY: torch.as_tensor(observation["agent_pos"], dtype=torch.float32),
-            "task": observation["task"],
+            TASK_KEY: observation["task"],
         }
         for key, camera in self.cameras.items():
             if camera not in pixels:
@@ -77,7 +76,7 @@ class SmolVLAAgent:
                     f"the policy needs camera {camera!r} ({key}); the env renders {sorted(pixels)}: "
                     f"set --env.cameras to include it"
                 )
-            batch[key] = torch.from_numpy(np.ascontiguousarray(pixels[camera])).permute(2, 0, 1).float() / 255.0
+            batch[key] = pixels[camera]
         return batch
 
 
@@ -91,8 +90,6 @@ class AgentFactory:
     noise_std: float = 0.0
 
     def __call__(self) -> Any:
-        from smolvla.sim.agents import ExpertAgent, RandomAgent
-
         if self.path == "expert":
             return ExpertAgent(self.noise_std)
         if self.path == "random":

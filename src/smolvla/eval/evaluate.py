@@ -14,9 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
+from smolvla.atomic import atomic_write_text
 from smolvla.errors import ConfigError
 from smolvla.eval.agent import AgentFactory
+from smolvla.eval.report import plot_success, print_table, write_videos
 from smolvla.sim.metaworld_env import MetaWorldConfig
 from smolvla.sim.rollout import Episode, Job, episode_seed, run_jobs
 from smolvla.sim.tasks import DIFFICULTIES, DIFFICULTY, instruction, resolve_tasks
@@ -121,7 +124,6 @@ def run_evaluation(
         for task in tasks
         for i in range(n_episodes)
     ]
-    from tqdm import tqdm
 
     runs = run_jobs(jobs, env, make_agent, num_workers)
     episodes = list(tqdm(runs, total=len(jobs), desc="eval", unit="ep", disable=not progress))
@@ -130,9 +132,6 @@ def run_evaluation(
 
 def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     """The `smolvla eval` job: resolve the agent and env, run, and write JSON, chart and videos."""
-    from smolvla.atomic import atomic_write_text
-    from smolvla.eval.report import plot_success, print_table, write_videos
-
     tasks = resolve_tasks(config.env.task)
     factory = AgentFactory(config.policy.path, config.policy.device, config.policy.num_steps)
     env = dataclasses.replace(config.env)

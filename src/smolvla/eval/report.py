@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from smolvla.atomic import save_figure
+from smolvla.data.video import VideoEncoder, VideoSettings
 from smolvla.sim.metaworld_env import CONTROL_FPS, MetaWorldConfig
 from smolvla.sim.rollout import Episode
 
@@ -16,8 +18,6 @@ VIDEO_CODEC = "libx264"
 
 def write_videos(episodes: list[Episode], env: MetaWorldConfig, directory: Path) -> list[str]:
     """One mp4 per recorded episode, cameras side by side; returns the paths."""
-    from smolvla.data.video import VideoEncoder, VideoSettings
-
     paths = []
     for episode in sorted((e for e in episodes if e.frames), key=lambda e: (e.task, e.index)):
         views = [episode.frames[f"observation.images.{c}"] for c in env.cameras]
@@ -36,12 +36,10 @@ def write_videos(episodes: list[Episode], env: MetaWorldConfig, directory: Path)
 
 def plot_success(summary: dict[str, Any], path: Path) -> Path:
     """Horizontal bars of success rate per task, coloured by difficulty, with the overall mean in the title."""
-    import matplotlib
+    import matplotlib  # the optional `sim` extra (charts): imported when a chart is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from smolvla.atomic import save_figure
 
     colors = {"easy": "#4c9f70", "medium": "#e0a030", "hard": "#d0603a", "very_hard": "#8e3b8e"}
     tasks = list(summary["per_task"])

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tokenizers import Tokenizer
+from transformers import SmolVLMConfig
+
 from smolvla.errors import ConfigError
 
 SMOLVLM2_500M = "HuggingFaceTB/SmolVLM2-500M-Video-Instruct"
@@ -108,8 +111,6 @@ class Backbone:
 
     def transformers_config(self, num_text_layers: int | None = None):
         """The `transformers.SmolVLMConfig`, keeping only the text layers SmolVLA uses (the rest are never built)."""
-        from transformers import SmolVLMConfig
-
         raw = copy.deepcopy(self.config)
         if num_text_layers is not None:
             available = raw["text_config"].get("num_hidden_layers", 0)
@@ -132,7 +133,6 @@ def _special_ids_from_directory(directory: Path) -> dict[str, int]:
             f"backbone directory {directory} has no tokenizer.json, needed for the image special-token ids "
             "(add_image_special_tokens=true)"
         )
-    from tokenizers import Tokenizer
 
     names = {"fake_image_token": FAKE_IMAGE_TOKEN, "global_image_token": GLOBAL_IMAGE_TOKEN}
     cfg_file = directory / "tokenizer_config.json"

@@ -5,23 +5,35 @@ architecture "loads" and then computes garbage. Here every missing, unexpected o
 lists the keys. Two LeRobot artefacts are understood rather than rejected: keys saved from a `torch.compile`d model
 (`model._orig_mod.`) and the normalization buffers older LeRobot versions kept inside the policy
 (`normalize_inputs.*`, `normalize_targets.*`, `unnormalize_outputs.*`), which are returned as statistics instead of
-weights, since normalization is a processor's job.
+weights, since normalization is a processor's job (`split_legacy_stats` returns them for
+`smolvla.processors.stats_from_legacy`).
+
+`pretrained_dir` is the one place that decides which directory a user's path means: a run's checkpoint step
+(`checkpoints/000100/`) and its `pretrained_model/` are both accepted wherever a policy is read.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from smolvla.atomic import atomic_directory
 from smolvla.errors import CheckpointError
-
-__all__ = ["atomic_directory", "load_strict", "read_weights", "split_legacy_stats"]
+from smolvla.model.backbone import BACKBONE_PRESETS, Backbone
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+PRETRAINED_MODEL = "pretrained_model"  # a checkpoint step's policy directory (LeRobot's name)
+VLM_SUBDIR = "vlm"  # a custom backbone's config and tokenizer, saved inside the checkpoint
+BACKBONE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 LEGACY_NORM_PREFIXES = ("normalize_inputs.", "normalize_targets.", "unnormalize_outputs.")
 
 
@@ -30,10 +42,17 @@ def _list(keys: list[str], limit: int = 20) -> str:
     return f"{shown}, ... ({len(keys)} in all)" if len(keys) > limit else shown
 
 
-def read_weights(path: Path) -> dict[str, Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def pretrained_dir(path: str | Path) -> Path:
+    """The `pretrained_model/` directory `path` means: `path` itself, or its `pretrained_model/` child when `path`
+    is a checkpoint step. The path must exist; whether it holds a policy is the reader's check."""
+    directory = Path(path)
+    if not directory.exists():
+        raise CheckpointError(f"{path} does not exist")
+    nested = directory / PRETRAINED_MODEL
+    return nested if not (directory / CONFIG_NAME).is_file() and nested.is_dir() else directory
 
+
+def read_weights(path: Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise CheckpointError(f"no weights file {path}")
     try:
@@ -73,3 +92,35 @@ def load_strict(module: nn.Module, state_dict: dict[str, Tensor], source: str) -
     with torch.no_grad():
         for key, target in expected.items():
             target.copy_(state_dict[key])
+
+
+def write_pretrained(
+    path: Path,
+    config: dict[str, Any],
+    tensors: dict[str, Tensor],
+    backbone: Backbone,
+    extra: Callable[[Path], None] | None = None,
+) -> None:
+    """Write config.json + model.safetensors (`format: pt`, as LeRobot) atomically, plus whatever `extra` writes.
+
+    A backbone that is not a built-in preset is saved in `vlm/` and referenced relatively, so the checkpoint loads
+    offline on any machine.
+    """
+    preset = BACKBONE_PRESETS.get(config["vlm_model_name"])
+    self_contained = backbone.directory is not None or preset is None or preset[0] != backbone.config
+    config = {**config, "vlm_model_name": VLM_SUBDIR} if self_contained else config
+
+    def write(tmp: Path) -> None:
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        if self_contained:
+            (tmp / VLM_SUBDIR).mkdir()
+            source = backbone.directory
+            for name in BACKBONE_FILES:
+                if source is not None and (source / name).is_file():
+                    shutil.copyfile(source / name, tmp / VLM_SUBDIR / name)
+            (tmp / VLM_SUBDIR / CONFIG_NAME).write_text(json.dumps(backbone.config, indent=2) + "\n")
+        if extra is not None:
+            extra(tmp)
+
+    atomic_directory(Path(path), write)

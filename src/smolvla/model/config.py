@@ -16,11 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from smolvla.errors import ConfigError
+from smolvla.keys import ACTION_KEY, EMPTY_CAMERA_PREFIX, STATE_KEY
 
-STATE_KEY = "observation.state"
-ACTION_KEY = "action"
-IMAGE_PREFIX = "observation.images."
-EMPTY_CAMERA_PREFIX = "observation.images.empty_camera_"
 FEATURE_TYPES = ("VISUAL", "STATE", "ACTION", "ENV", "LANGUAGE", "REWARD")
 
 

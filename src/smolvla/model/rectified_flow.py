@@ -74,22 +74,22 @@ class Inpainting:
     max_guidance: float = 5.0
 
     @classmethod
-    def from_prefixes(
-        cls, prefixes: Sequence[Tensor], frozen: Sequence[int], horizon: int, width: int, max_guidance: float = 5.0
+    def from_queued(
+        cls, queued: Sequence[Tensor], frozen: Sequence[int], horizon: int, width: int, max_guidance: float = 5.0
     ) -> Inpainting:
         """From each batch element's (L_i, d) queued actions (model space, L_i <= horizon; L_i = 0 samples freely)
         and its count of frozen steps."""
-        target = prefixes[0].new_zeros(len(prefixes), horizon, width, dtype=torch.float32)
+        target = queued[0].new_zeros(len(queued), horizon, width, dtype=torch.float32)
         weights = torch.zeros_like(target)
-        for i, (prefix, d) in enumerate(zip(prefixes, frozen, strict=True)):
-            length, dims = prefix.shape
-            target[i, :length, :dims] = prefix
+        for i, (actions, d) in enumerate(zip(queued, frozen, strict=True)):
+            length, dims = actions.shape
+            target[i, :length, :dims] = actions
             weights[i, :, :dims] = soft_mask(horizon, length, int(d)).unsqueeze(-1)
         return cls(target, weights, max_guidance)
 
 
 def soft_mask(horizon: int, overlap: int, frozen: int) -> Tensor:
-    """RTC's prefix weights over a chunk of `horizon` steps (the paper's eq. 5 with H − s = `overlap`):
+    """RTC's weights of the queued actions over a chunk of `horizon` steps (the paper's eq. 5 with H − s = `overlap`):
     1 for i < frozen, c·(e^c − 1)/(e − 1) with c = (overlap − i)/(overlap − frozen + 1) up to the overlap, then 0."""
     if not 0 <= frozen <= overlap <= horizon:
         raise ValueError(f"need 0 <= frozen ({frozen}) <= overlap ({overlap}) <= horizon ({horizon})")

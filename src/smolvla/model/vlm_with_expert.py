@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
+from transformers import LlamaModel, SmolVLMForConditionalGeneration
 
 from smolvla.errors import ConfigError
 from smolvla.model.backbone import Backbone
@@ -107,7 +108,6 @@ class VLMWithExpert(nn.Module):
 
     def __init__(self, backbone: Backbone, config: SmolVLAConfig):
         super().__init__()
-        from transformers import LlamaModel, SmolVLMForConditionalGeneration
 
         num_vlm = config.num_vlm_layers if config.num_vlm_layers > 0 else None
         vlm_config = backbone.transformers_config(num_vlm)

@@ -1,14 +1,22 @@
 """Processor pipelines: raw robot observations ↔ policy batches (language, normalization, cameras, padding)."""
 
+from smolvla.processors.factory import load_processors, make_processors
 from smolvla.processors.language import NewlineTask, TaskTokenizer, Tokenize, TruncationWarning
 from smolvla.processors.normalize import Normalize, Unnormalize, stats_from_legacy
-from smolvla.processors.observation import AddBatchDim, CheckCameras, PadFeatures, RenameObservations, ToDevice
+from smolvla.processors.observation import (
+    AddBatchDim,
+    CheckCameras,
+    ImagesToFloat,
+    PadFeatures,
+    RenameObservations,
+    ToDevice,
+)
 from smolvla.processors.pipeline import Pipeline, ProcessorStep
-from smolvla.processors.smolvla import load_processors, make_processors, save_processors
 
 __all__ = [
     "AddBatchDim",
     "CheckCameras",
+    "ImagesToFloat",
     "NewlineTask",
     "Normalize",
     "PadFeatures",
@@ -22,6 +30,5 @@ __all__ = [
     "Unnormalize",
     "load_processors",
     "make_processors",
-    "save_processors",
     "stats_from_legacy",
 ]

@@ -17,13 +17,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from smolvla.errors import BatchError, CheckpointError, ConfigError
+from smolvla.keys import LANG_MASK, LANG_TOKENS, TASK_KEY
 from smolvla.processors.pipeline import Batch, ProcessorStep
 
-TASK_KEY = "task"
-LANG_TOKENS = "observation.language.tokens"
-LANG_MASK = "observation.language.attention_mask"
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 PAD_TOKEN = "<pad>"
@@ -74,8 +73,6 @@ class TaskTokenizer:
     @classmethod
     def from_directory(cls, directory: str | Path) -> TaskTokenizer:
         """Load `tokenizer.json` (pad token from `tokenizer_config.json` when present, as transformers does)."""
-        from tokenizers import Tokenizer
-
         directory = Path(directory)
         path = directory / TOKENIZER_FILE
         if not path.is_file():
@@ -98,8 +95,6 @@ class TaskTokenizer:
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 512) -> TaskTokenizer:
         """A byte-level BPE learnt from task strings, for models trained from scratch (id 0 is the pad token)."""
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
         tokenizer = Tokenizer(models.BPE())
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tokenizer.decoder = decoders.ByteLevel()

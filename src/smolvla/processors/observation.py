@@ -1,4 +1,4 @@
-"""Observation plumbing steps: key renaming, camera checks, batching, padding and device placement."""
+"""Observation plumbing steps: raw camera frames, key renaming, camera checks, batching, padding and devices."""
 
 from __future__ import annotations
 
@@ -7,11 +7,28 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from smolvla.data.dataset import frames_to_float
 from smolvla.errors import BatchError, ConfigError
+from smolvla.keys import IMAGE_PREFIX, PADDING_MASK_SUFFIX, STATE_KEY, TASK_KEY
 from smolvla.processors.pipeline import Batch, ProcessorStep
 
-IMAGE_PREFIX = "observation.images."
-STATE_KEY = "observation.state"
+
+class ImagesToFloat(ProcessorStep):
+    """A robot's raw frames, (..., H, W, 3) uint8, → the policy's images, (..., 3, H, W) float in [0, 1].
+
+    Applied to raw observations before the policy's preprocessor (the agent, the server); not part of a saved
+    pipeline, whose images are already float, as in LeRobot. Float images pass through unchanged.
+    """
+
+    registry_name = "smolvla_images_to_float"
+
+    def __call__(self, batch: Batch) -> Batch:
+        out = dict(batch)
+        for key, value in batch.items():
+            image = key.startswith(IMAGE_PREFIX) and not key.endswith(PADDING_MASK_SUFFIX)
+            if image and not torch.as_tensor(value).is_floating_point():
+                out[key] = frames_to_float(value)
+        return out
 
 
 class RenameObservations(ProcessorStep):
@@ -29,8 +46,8 @@ class RenameObservations(ProcessorStep):
         out = {}
         for key, value in batch.items():
             new = self.rename_map.get(key, key)
-            if key.endswith("_padding_mask") and key.removesuffix("_padding_mask") in self.rename_map:
-                new = self.rename_map[key.removesuffix("_padding_mask")] + "_padding_mask"
+            if key.endswith(PADDING_MASK_SUFFIX) and key.removesuffix(PADDING_MASK_SUFFIX) in self.rename_map:
+                new = self.rename_map[key.removesuffix(PADDING_MASK_SUFFIX)] + PADDING_MASK_SUFFIX
             out[new] = value
         return out
 
@@ -68,7 +85,7 @@ class CheckCameras(ProcessorStep):
         out = dict(batch)
         for key in missing:
             out[key] = torch.zeros(*lead, *self.cameras[key], device=state.device)
-            out[f"{key}_padding_mask"] = torch.zeros(lead, dtype=torch.bool, device=state.device)
+            out[key + PADDING_MASK_SUFFIX] = torch.zeros(lead, dtype=torch.bool, device=state.device)
         return out
 
     def get_config(self) -> dict[str, Any]:
@@ -83,14 +100,14 @@ class AddBatchDim(ProcessorStep):
     def __call__(self, batch: Batch) -> Batch:
         out = dict(batch)
         for key, value in batch.items():
-            if key == "task" and isinstance(value, str):
+            if key == TASK_KEY and isinstance(value, str):
                 out[key] = [value]
             elif isinstance(value, Tensor):
                 vector = key in (STATE_KEY, "action", "observation.environment_state") and value.ndim == 1
-                image = key.startswith(IMAGE_PREFIX) and not key.endswith("_padding_mask") and value.ndim == 3
+                image = key.startswith(IMAGE_PREFIX) and not key.endswith(PADDING_MASK_SUFFIX) and value.ndim == 3
                 if vector or image:
                     out[key] = value.unsqueeze(0)
-                elif key.endswith("_padding_mask") and value.ndim == 0:
+                elif key.endswith(PADDING_MASK_SUFFIX) and value.ndim == 0:
                     out[key] = value.reshape(1)
         return out
 

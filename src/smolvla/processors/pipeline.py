@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from smolvla.errors import CheckpointError, ConfigError
@@ -81,8 +82,6 @@ class Pipeline:
 
     def save(self, directory: str | Path) -> None:
         """Write `<name>.json` and the step state files into an existing directory (callers make it atomic)."""
-        from safetensors.torch import save_file
-
         directory = Path(directory)
         entries = []
         for i, step in enumerate(self.steps):
@@ -100,8 +99,6 @@ class Pipeline:
     @classmethod
     def load(cls, directory: str | Path, name: str) -> Pipeline:
         """Read a pipeline saved by `save` (or by LeRobot); an unknown step is an error naming it."""
-        from safetensors.torch import load_file
-
         directory = Path(directory)
         path = directory / f"{name}.json"
         if not path.is_file():

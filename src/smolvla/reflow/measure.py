@@ -8,13 +8,15 @@ the latency of one chunk at batch 1 (observation encoding included, as a robot p
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader
 
+from smolvla import streams
 from smolvla.model.rectified_flow import euler_sample, straightness
+from smolvla.timing import timed
 
 
 def _solutions(policy, batch: dict[str, Any], noise: Tensor, step_counts: list[int]):
@@ -43,10 +45,6 @@ def action_errors(
 
     All policies share `pre` (reflow students use their teacher's processors) and see the same frames and noise.
     """
-    from torch.utils.data import DataLoader
-
-    from smolvla.train.data import batch_seed
-
     g = torch.Generator().manual_seed(seed)
     indices = torch.randperm(len(data), generator=g)[: max_batches * batch_size].tolist()
     loader = DataLoader(data, batch_size=batch_size, sampler=indices)
@@ -61,7 +59,8 @@ def action_errors(
         actions, is_pad = any_policy.prepare_actions(batch)
         dim = cfg.action_dim
         valid = torch.ones(actions.shape[:2]) if is_pad is None else (~is_pad).float().cpu()
-        noise = torch.randn(actions.shape, generator=torch.Generator().manual_seed(batch_seed(seed, k, 4)))
+        generator = torch.Generator().manual_seed(streams.batch_seed(seed, k, streams.MEASURE))
+        noise = torch.randn(actions.shape, generator=generator)
         solved = {
             name: _solutions(policy, batch, noise, [*counts, reference_steps]) for name, policy in policies.items()
         }
@@ -87,15 +86,10 @@ def action_errors(
 
 @torch.no_grad()
 def chunk_latency(policy, batch: dict[str, Any], step_counts: list[int], repeats: int = 20) -> dict[int, float]:
-    """Median milliseconds of `predict_chunk` (encoding + n expert steps) on `batch`, per step count."""
+    """Median milliseconds of `predict_chunk` (encoding + n expert steps) on `batch`, per step count (3 warm-up
+    calls first; the device is synchronized around every timed call)."""
     out = {}
     for n in step_counts:
-        for _ in range(3):
-            policy.predict_chunk(batch, num_steps=n)
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            policy.predict_chunk(batch, num_steps=n)
-            times.append(time.perf_counter() - started)
-        out[n] = 1000 * sorted(times)[len(times) // 2]
+        _, seconds = timed(lambda n=n: policy.predict_chunk(batch, num_steps=n), repeats, policy.device, warmup=2)
+        out[n] = 1000 * seconds
     return out

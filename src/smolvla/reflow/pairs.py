@@ -17,21 +17,27 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import Tensor
+from torch.utils.data import DataLoader
 
+from smolvla import streams
+from smolvla.atomic import atomic_directory
 from smolvla.errors import CheckpointError, ConfigError
-
-if TYPE_CHECKING:
-    from smolvla.model.config import SmolVLAConfig
-    from smolvla.train.config import DatasetArgs
+from smolvla.keys import TASK_KEY
+from smolvla.model.config import SmolVLAConfig
+from smolvla.reflow.teacher import load_teacher, solve, teacher_dir, weights_digest
+from smolvla.train.config import DatasetArgs
+from smolvla.train.data import load_train_data
+from smolvla.train.precision import autocast
 
 PAIRS_FILE = "pairs.safetensors"
 META_FILE = "pairs.json"
-PAIRS_STREAM = 2  # batch_seed stream of the cache's noise (0 train, 1 validation)
 
 
 def _dataset_signature(dataset: DatasetArgs) -> dict[str, Any]:
@@ -66,10 +72,6 @@ class PairCache:
 
     # --- storage ---
     def save(self, path: str | Path) -> Path:
-        from safetensors.torch import save_file
-
-        from smolvla.atomic import atomic_directory
-
         def write(tmp: Path) -> None:
             tensors = {"keys": self.keys, "noise": self.noise, "actions": self.actions}
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / PAIRS_FILE))
@@ -80,9 +82,6 @@ class PairCache:
 
     @classmethod
     def load(cls, path: str | Path) -> PairCache:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         path = Path(path)
         if not (path / PAIRS_FILE).is_file() or not (path / META_FILE).is_file():
             raise ConfigError(f"{path} is not a reflow pair cache: it needs {PAIRS_FILE} and {META_FILE}")
@@ -96,8 +95,6 @@ class PairCache:
     # --- use ---
     def check(self, teacher: Path, dataset: DatasetArgs, seed: int, num_steps: int, student: SmolVLAConfig) -> None:
         """The cache must come from this teacher, ODE step count, dataset split and chunk shape."""
-        from smolvla.reflow.teacher import weights_digest
-
         want = {
             "teacher_sha256": weights_digest(teacher),
             "num_inference_steps": num_steps,
@@ -131,12 +128,11 @@ class PairCache:
 
 def _draws(rows: np.ndarray, seed: int, batch_index: int, count: int) -> np.ndarray:
     """Which of `count` noise draws each row uses in batch `batch_index`: a splitmix64 hash, wrap-around intended."""
-    from smolvla.train.data import batch_seed
-
     if count == 1:
         return np.zeros(len(rows), dtype=np.int64)
     with np.errstate(over="ignore"):
-        z = rows.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(batch_seed(seed, batch_index, 3))
+        offset = np.uint64(streams.batch_seed(seed, batch_index, streams.PAIR_DRAW))
+        z = rows.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + offset
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z ^= z >> np.uint64(31)
@@ -158,12 +154,6 @@ def generate_pairs(
 ) -> PairCache:
     """Solve the teacher once from `pairs_per_frame` noise draws for every training frame (the trainer's own
     split of `dataset` for `seed`) and save the cache to `output`."""
-    from torch.utils.data import DataLoader
-
-    from smolvla.reflow.teacher import load_teacher, solve, teacher_dir, weights_digest
-    from smolvla.train.data import batch_seed, load_train_data
-    from smolvla.train.trainer import autocast
-
     if pairs_per_frame < 1:
         raise ConfigError(f"pairs_per_frame must be >= 1, got {pairs_per_frame}")
     started = time.perf_counter()
@@ -174,9 +164,9 @@ def generate_pairs(
     loader = DataLoader(data.train, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     keys, noises, actions = [], [], []
     for k, raw in enumerate(loader):
-        n = len(raw["task"])
-        generators = [torch.Generator().manual_seed(batch_seed(seed, k * pairs_per_frame + j, PAIRS_STREAM))
-                      for j in range(pairs_per_frame)]  # fmt: skip
+        n = len(raw[TASK_KEY])
+        seeds = [streams.batch_seed(seed, k * pairs_per_frame + j, streams.PAIR_NOISE) for j in range(pairs_per_frame)]
+        generators = [torch.Generator().manual_seed(s) for s in seeds]
         draws = [torch.randn(n, cfg.chunk_size, cfg.max_action_dim, generator=g) for g in generators]
         with autocast(torch.device(device), use_amp):
             solved = solve(teacher, pre(raw), draws, num_steps)

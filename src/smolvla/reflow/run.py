@@ -13,64 +13,22 @@ Rerunning the same command skips finished rounds, reuses a valid pair cache and 
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 
-from smolvla.configs import apply_mapping
+import torch
+
 from smolvla.errors import ConfigError
-from smolvla.train.config import TrainConfig
-
-PAIRS_DIR = "pairs"
-
-
-@dataclass
-class ReflowConfig(TrainConfig):
-    """`smolvla train` settings for each round, plus how the rounds run. The teacher is `--policy.teacher_path`."""
-
-    output_dir: str = "outputs/reflow"
-    rounds: int = 1  # reflow rounds; a 1-RF teacher gives 2-RF after one round, 3-RF after two
-    pairs: str = "cached"  # cached: solve each round's teacher once into a pair cache | online: in every batch
-    pairs_per_frame: int = 4  # noise draws per training frame in the cache
-    pairs_batch_size: int = 64  # batch of the cache's teacher solves
-
-    def validate(self) -> None:
-        if self.pairs not in ("cached", "online"):
-            raise ConfigError(f"--pairs must be cached or online, got {self.pairs!r}")
-        if self.rounds < 1 or self.pairs_per_frame < 1 or self.pairs_batch_size < 1:
-            raise ConfigError("--rounds, --pairs_per_frame and --pairs_batch_size must be >= 1")
-        if self.policy.path is not None:
-            raise ConfigError("a reflow student starts from its teacher: drop --policy.path (set the teacher instead)")
-        self.policy.use_reflow = True
-        super().validate()
-
-    @classmethod
-    def from_flags(cls, argv: list[str]) -> ReflowConfig:
-        config = cls.layered(argv)
-        if config.resume:
-            raise ConfigError("reflow resumes by itself: rerun the same command without --resume")
-        config.validate()
-        return config
-
-    def round_config(self, teacher: str, output_dir: Path, one_step: bool) -> TrainConfig:
-        """The `smolvla train` settings of one round."""
-        names = {f.name for f in dataclasses.fields(TrainConfig)}
-        config = apply_mapping(TrainConfig(), {k: v for k, v in self.to_dict().items() if k in names})
-        config.output_dir = str(output_dir)
-        config.policy.use_reflow = True
-        config.policy.teacher_path = teacher
-        config.policy.reflow_one_step = one_step
-        config.policy.reflow_pairs = str(output_dir / PAIRS_DIR) if self.pairs == "cached" else None
-        return config
+from smolvla.model.checkpoint import CONFIG_NAME, PRETRAINED_MODEL
+from smolvla.model.config import SmolVLAConfig
+from smolvla.reflow.config import DistillConfig, ReflowConfig, ReflowTrainConfig
+from smolvla.reflow.hooks import ReflowHooks
+from smolvla.reflow.pairs import PairCache, generate_pairs
+from smolvla.reflow.teacher import teacher_dir
+from smolvla.train.checkpoint import LAST, checkpoints_dir, step_name
+from smolvla.train.trainer import train
 
 
-def _ensure_pairs(config: ReflowConfig, train_config: TrainConfig) -> None:
-    import torch
-
-    from smolvla.model.config import SmolVLAConfig
-    from smolvla.reflow.pairs import PairCache, generate_pairs
-    from smolvla.reflow.teacher import teacher_dir
-
+def _ensure_pairs(config: ReflowConfig, train_config: ReflowTrainConfig) -> None:
     policy = train_config.policy
     path = Path(policy.reflow_pairs)
     if path.is_dir():
@@ -78,7 +36,7 @@ def _ensure_pairs(config: ReflowConfig, train_config: TrainConfig) -> None:
         try:
             cache = PairCache.load(path)
             cache.check(teacher, train_config.dataset, train_config.seed, policy.reflow_num_inference_steps,
-                        SmolVLAConfig.from_json(teacher / "config.json"))  # fmt: skip
+                        SmolVLAConfig.from_json(teacher / CONFIG_NAME))  # fmt: skip
             if cache.pairs_per_frame == config.pairs_per_frame:
                 print(f"reusing the pair cache {path} ({cache.meta['frames']} frames)")
                 return
@@ -96,9 +54,6 @@ def _ensure_pairs(config: ReflowConfig, train_config: TrainConfig) -> None:
 
 def run_round(config: ReflowConfig, teacher: str, output_dir: Path, one_step: bool) -> Path:
     """Train one reflow (or distillation) round; returns its final pretrained_model directory."""
-    from smolvla.train.checkpoint import LAST, PRETRAINED_MODEL, checkpoints_dir, step_name
-    from smolvla.train.trainer import train
-
     train_config = config.round_config(teacher, output_dir, one_step)
     final = checkpoints_dir(output_dir) / step_name(train_config.steps) / PRETRAINED_MODEL
     if final.is_dir():
@@ -108,7 +63,7 @@ def run_round(config: ReflowConfig, teacher: str, output_dir: Path, one_step: bo
         _ensure_pairs(config, train_config)
     train_config.resume = (checkpoints_dir(output_dir) / LAST).exists()
     train_config.validate()
-    result = train(train_config)
+    result = train(train_config, ReflowHooks(train_config.policy))
     print(f"trained {result.step} steps in {result.seconds:.0f} s → {result.checkpoint}")
     return result.checkpoint / PRETRAINED_MODEL
 
@@ -122,18 +77,6 @@ def run_reflow(config: ReflowConfig) -> list[Path]:
         teacher = str(run_round(config, teacher, Path(config.output_dir) / f"round_{r}", one_step=False))
         finals.append(Path(teacher))
     return finals
-
-
-@dataclass
-class DistillConfig(ReflowConfig):
-    """`smolvla distill`: one round whose student is trained only at t = 1 (a one-step policy)."""
-
-    output_dir: str = "outputs/distill"
-
-    def validate(self) -> None:
-        if self.rounds != 1:
-            raise ConfigError("distill trains one student from one teacher: drop --rounds")
-        super().validate()
 
 
 def run_distill(config: DistillConfig) -> Path:

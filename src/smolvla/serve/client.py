@@ -6,9 +6,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 import numpy as np
 
-from smolvla.model.config import STATE_KEY
+from smolvla.keys import STATE_KEY
 from smolvla.serve import protocol as proto
 
 
@@ -32,8 +33,6 @@ class PolicyClient:
     _channel: Any = field(default=None, init=False, repr=False)
 
     def _connect(self) -> None:
-        import grpc
-
         if self.tls_root_cert:
             with open(self.tls_root_cert, "rb") as f:
                 self._channel = grpc.secure_channel(self.address, grpc.ssl_channel_credentials(f.read()))
@@ -41,8 +40,6 @@ class PolicyClient:
             self._channel = grpc.insecure_channel(self.address)
 
     def _call(self, method: str, request: Any, reply: Any) -> Any:
-        import grpc
-
         if self._channel is None:
             self._connect()
         metadata = [("authorization", f"Bearer {self.token}")] if self.token else None
@@ -64,10 +61,10 @@ class PolicyClient:
 
     def predict(
         self, state: np.ndarray, images: dict[str, np.ndarray], task: str, timestep: int = 0, *,
-        num_steps: int = 0, seed: int = 0, prefix_actions: np.ndarray | None = None, prefix_frozen: int = 0,
+        num_steps: int = 0, seed: int = 0, queued_actions: np.ndarray | None = None, frozen_steps: int = 0,
     ) -> ChunkReply:  # fmt: skip
         """One chunk for an observation: state (d,) float32, images {feature key: uint8 (H, W, 3)}. With
-        `prefix_actions` ((L, action_dim) actions still queued from `timestep` on, of which `prefix_frozen` execute
+        `queued_actions` ((L, action_dim) actions still queued from `timestep` on, of which `frozen_steps` execute
         before the chunk can arrive) the server applies real-time chunking so the chunk continues them smoothly."""
         tensors = [proto.encode_tensor(STATE_KEY, np.asarray(state, dtype=np.float32))]
         tensors += [proto.encode_tensor(key, np.asarray(image, dtype=np.uint8)) for key, image in images.items()]
@@ -75,11 +72,11 @@ class PolicyClient:
             observation=proto.Observation(tensors=tensors, task=task, timestep=timestep, timestamp=time.time()),
             client_id=self.client_id, num_steps=num_steps, seed=seed,
         )  # fmt: skip
-        if prefix_actions is not None:
-            request.prefix_actions.CopyFrom(
-                proto.encode_tensor("prefix_actions", np.asarray(prefix_actions, dtype=np.float32))
+        if queued_actions is not None:
+            request.queued_actions.CopyFrom(
+                proto.encode_tensor("queued_actions", np.asarray(queued_actions, dtype=np.float32))
             )
-            request.prefix_frozen = prefix_frozen
+            request.frozen_steps = frozen_steps
         started = time.perf_counter()
         reply = self._call(proto.PREDICT, request, proto.PredictReply)
         timing = {f.name: getattr(reply.timing, f.name) for f in reply.timing.DESCRIPTOR.fields}

@@ -15,9 +15,11 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
 import numpy as np
 
 from smolvla.serve import protocol as proto
+from smolvla.serve.client import PolicyClient
 
 HOSTILE_DTYPES = [*proto.DTYPES, "object", "", "float32\x00", "<f4", "complex64", "float128", "str", "💥"]
 UNEXPECTED = ("INTERNAL", "UNKNOWN")  # statuses a well-validated server never returns to bad input
@@ -64,14 +66,14 @@ def _structured(base: Any, info: Any, rng: random.Random) -> Any:
     elif choice == 4:
         request.observation.task = rng.choice(["", "\x00" * 10, "🤖" * 1000, "a" * 200_000])
     elif choice == 5:
-        request.prefix_actions.CopyFrom(_hostile_tensor(rng, "prefix_actions"))
-        request.prefix_frozen = rng.choice([-5, 0, 1, 3, 2**31 - 1])
-    elif choice == 6:  # a right-shaped prefix with bad values or frozen count
+        request.queued_actions.CopyFrom(_hostile_tensor(rng, "queued_actions"))
+        request.frozen_steps = rng.choice([-5, 0, 1, 3, 2**31 - 1])
+    elif choice == 6:  # right-shaped queued actions with bad values or frozen count
         values = np.full(
             (rng.randint(0, 3 * info.chunk_size), info.action_dim), rng.choice([0.0, np.nan, np.inf, 1e38])
         )
-        request.prefix_actions.CopyFrom(proto.encode_tensor("prefix_actions", values.astype(np.float32)))
-        request.prefix_frozen = rng.choice([-1, 0, 1, len(values), len(values) + 1])
+        request.queued_actions.CopyFrom(proto.encode_tensor("queued_actions", values.astype(np.float32)))
+        request.frozen_steps = rng.choice([-1, 0, 1, len(values), len(values) + 1])
     elif choice == 7 and len(tensors):  # a valid tensor in another dtype, or with values that are not numbers
         t = tensors[rng.randrange(len(tensors))]
         t.data = rng.choice([b"\xff" * len(t.data), b"\x7f\xc0\x00\x00" * (len(t.data) // 4)])
@@ -116,10 +118,6 @@ def messages(info: Any, count: int, seed: int = 0) -> Iterator[tuple[str, str, b
 def run(address: str, count: int, token: str | None = None, seed: int = 0, timeout_s: float = 30.0) -> dict:
     """Send the messages; return status counts per kind, the unexpected ones, and whether a valid request still
     succeeds afterwards."""
-    import grpc
-
-    from smolvla.serve.client import PolicyClient
-
     client = PolicyClient(address=address, token=token)
     info = client.info()
     channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 * 2**20)])

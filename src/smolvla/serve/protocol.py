@@ -9,8 +9,8 @@ descriptors (no generated code to keep in sync with the protobuf runtime):
     Tensor        name, dtype, shape[], data (bytes)
     Observation   tensors[], task, timestep, timestamp
     PredictRequest   observation, client_id, num_steps (0 = the policy's), seed (0 = random noise),
-                     prefix_actions (Tensor, optional: real-time chunking's still-queued actions, (L, action_dim)
-                     from the observation's timestep on), prefix_frozen (how many of them execute during inference)
+                     queued_actions (Tensor, optional: real-time chunking's still-queued actions, (L, action_dim)
+                     from the observation's timestep on), frozen_steps (how many of them execute during inference)
     PredictReply     actions (Tensor, unnormalized, (chunk, action_dim)), timestep, timing
     Timing        queue_ms, preprocess_ms, inference_ms, postprocess_ms, batch_size
     InfoRequest / PolicyInfo   the features the server expects, chunk size, action dim, message size limit
@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 from google.protobuf import descriptor_pb2, message_factory
+from google.protobuf.message import DecodeError
 
 from smolvla.errors import SmolVLAError
 
@@ -61,8 +62,8 @@ _MESSAGES = {
         ("client_id", "string"),
         ("num_steps", "int32"),
         ("seed", "int64"),
-        ("prefix_actions", "Tensor"),
-        ("prefix_frozen", "int32"),
+        ("queued_actions", "Tensor"),
+        ("frozen_steps", "int32"),
     ],
     "Timing": [
         ("queue_ms", "double"),
@@ -150,8 +151,6 @@ def decode_tensor(message: Any) -> np.ndarray:
 
 def decode(kind: Any, payload: bytes) -> Any:
     """Parse raw request bytes as message class `kind`; malformed bytes are a ProtocolError, not a crash."""
-    from google.protobuf.message import DecodeError
-
     try:
         return kind.FromString(payload)
     except (DecodeError, ValueError, TypeError) as e:

@@ -18,40 +18,20 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from smolvla.errors import ConfigError
+from smolvla.robot_io import Observation, Robot
 from smolvla.serve.queue import ActionQueue, SimilarityFilter
-
-
-@dataclass
-class Observation:
-    state: np.ndarray  # (state_dim,) float32
-    images: dict[str, np.ndarray]  # policy camera key -> (H, W, 3) uint8
-    task: str
-
-
-class Robot(Protocol):
-    fps: float
-
-    def reset(self, seed: int) -> Observation: ...
-
-    def step(self, action: np.ndarray) -> tuple[Observation, bool, bool]:
-        """Execute one action: (observation, success, episode over)."""
-        ...
-
-    def hold(self, last_action: np.ndarray | None) -> np.ndarray:
-        """The action that keeps the robot still when no action is queued."""
-        ...
 
 
 @dataclass
 class ChunkRequest:
     observation: Observation
     timestep: int  # the observation's control step: row 0 of the chunk is the action for it
-    prefix: np.ndarray | None = None  # real-time chunking: queued actions for timestep, timestep + 1, ... (L, d)
+    queued_actions: np.ndarray | None = None  # RTC: actions still queued for timestep, timestep + 1, ... (L, d)
     frozen: int = 0  # how many of them execute before the chunk can arrive
 
 
@@ -171,10 +151,10 @@ class RobotClient:
         t = request.timestep
         pending: dict[str, Any] = {"start": t}
         if self.config.rtc and queue is not None and len(queue):
-            request.prefix = queue.actions[: self._chunk_size].copy()
+            request.queued_actions = queue.actions[: self._chunk_size].copy()
             if self.config.realtime:  # expected delay: the recent round trips, in control steps
                 delay_steps = math.ceil(np.mean(latency[-5:]) / 1000 * fps) if latency else 0
-            request.frozen = min(delay_steps, len(request.prefix))
+            request.frozen = min(delay_steps, len(request.queued_actions))
 
         def call() -> None:
             started = time.perf_counter()
@@ -202,69 +182,6 @@ def remote_source(client, num_steps: int = 0) -> ChunkSource:
     def source(request: ChunkRequest) -> np.ndarray:
         obs = request.observation
         return client.predict(obs.state, obs.images, obs.task, request.timestep, num_steps=num_steps,
-                              prefix_actions=request.prefix, prefix_frozen=request.frozen).actions  # fmt: skip
+                              queued_actions=request.queued_actions, frozen_steps=request.frozen).actions  # fmt: skip
 
     return source
-
-
-class MetaWorldRobot:
-    """A Meta-World task as a robot: observations in the policy's keys, zero end-effector motion to hold."""
-
-    def __init__(self, task: str, cameras: dict[str, str], image_size: int, max_steps: int = 500):
-        from smolvla.sim.metaworld_env import MetaWorldConfig, MetaWorldEnv
-        from smolvla.sim.tasks import instruction
-
-        self.env = MetaWorldEnv(MetaWorldConfig(task=task, cameras=tuple(cameras.values()), image_size=image_size,
-                                                max_steps=max_steps))  # fmt: skip
-        self.cameras, self.task, self.fps = cameras, instruction(task), float(self.env.fps)
-
-    def _observation(self, raw: dict[str, Any]) -> Observation:
-        images = {key: raw["pixels"][camera] for key, camera in self.cameras.items()}
-        return Observation(raw["agent_pos"].astype(np.float32), images, self.task)
-
-    def reset(self, seed: int) -> Observation:
-        return self._observation(self.env.reset(seed=seed)[0])
-
-    def step(self, action: np.ndarray) -> tuple[Observation, bool, bool]:
-        raw, _, terminated, truncated, info = self.env.step(action)
-        return self._observation(raw), bool(info["success"]), terminated or truncated
-
-    def hold(self, last_action: np.ndarray | None) -> np.ndarray:
-        held = np.zeros(4, dtype=np.float32)  # no end-effector motion...
-        if last_action is not None:
-            held[3] = last_action[3]  # ...and the gripper keeps its command
-        return held
-
-    def close(self) -> None:
-        self.env.close()
-
-
-class ReplayRobot:
-    """A recorded episode as a robot: observations are the dataset's frames in order, actions are only logged.
-    For exercising a server and client end to end without a simulator."""
-
-    def __init__(self, root: str, episode: int = 0, fps: float | None = None):
-        from smolvla.data import LeRobotDataset
-
-        self.dataset = LeRobotDataset(root, [episode])
-        self.fps = float(fps or self.dataset.meta.fps)
-        self.cameras = self.dataset.meta.camera_keys
-        self.actions: list[np.ndarray] = []
-        self._index = 0
-
-    def _observation(self) -> Observation:
-        item = self.dataset[self._index]
-        images = {k: (item[k] * 255).round().byte().permute(1, 2, 0).numpy() for k in self.cameras}
-        return Observation(item["observation.state"].numpy().astype(np.float32), images, item["task"])
-
-    def reset(self, seed: int) -> Observation:
-        self._index, self.actions = 0, []
-        return self._observation()
-
-    def step(self, action: np.ndarray) -> tuple[Observation, bool, bool]:
-        self.actions.append(np.asarray(action))
-        self._index = min(self._index + 1, len(self.dataset) - 1)
-        return self._observation(), False, len(self.actions) >= len(self.dataset)
-
-    def hold(self, last_action: np.ndarray | None) -> np.ndarray:
-        return np.zeros_like(self.dataset[0]["action"].numpy()) if last_action is None else last_action

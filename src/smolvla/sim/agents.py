@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from smolvla.sim.metaworld_env import _import_metaworld
 from smolvla.sim.tasks import INSTRUCTIONS, canonical
 
 _TASK_OF_INSTRUCTION = {text: name for name, text in INSTRUCTIONS.items()}
@@ -38,8 +39,6 @@ class ExpertAgent:
 
     def _expert(self, task: str):
         if task not in self._experts:
-            from smolvla.sim.metaworld_env import _import_metaworld
-
             self._experts[task] = _import_metaworld().policies.ENV_POLICY_MAP[f"{task}-v3"]()
         return self._experts[task]
 

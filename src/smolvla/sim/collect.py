@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
+from smolvla.data.writer import DatasetWriter
 from smolvla.errors import ConfigError
 from smolvla.sim.agents import ExpertAgent
 from smolvla.sim.metaworld_env import MetaWorldConfig, MetaWorldEnv, SimError
@@ -118,8 +120,6 @@ def _open_staging(staging: Path, record: dict[str, Any]) -> dict[tuple[str, int]
 
 def collect(config: CollectConfig, progress: bool = True) -> Path:
     """Run the experts until each task has `episodes_per_task` successes; write and return the dataset root."""
-    from tqdm import tqdm
-
     tasks = resolve_tasks(config.env.task)
     if config.episodes_per_task < 1 or config.max_attempts_factor < 1:
         raise ConfigError("episodes_per_task and max_attempts_factor must be >= 1")
@@ -174,8 +174,6 @@ def _write_dataset(
     overwrite: bool,
 ) -> None:
     """The first `quota` successful attempts of each task, in task order, as one atomic dataset."""
-    from smolvla.data.writer import DatasetWriter
-
     episodes_meta = []
     writer = DatasetWriter(root, fps, features, robot_type="sawyer", overwrite=overwrite)
     try:

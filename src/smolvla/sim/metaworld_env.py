@@ -98,8 +98,6 @@ class MetaWorldEnv(gym.Env):
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"]}
 
     def __init__(self, config: MetaWorldConfig | None = None, **overrides: Any):
-        from gymnasium import spaces
-
         self.render_mode = "rgb_array"
         config = config or MetaWorldConfig()
         for key, value in overrides.items():
@@ -133,13 +131,13 @@ class MetaWorldEnv(gym.Env):
         self._renderer = self._make_renderer() if self.cameras else None
 
         size = config.image_size
-        self.action_space = spaces.Box(-1.0, 1.0, shape=(4,), dtype=np.float32)
-        self.observation_space = spaces.Dict(
+        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(4,), dtype=np.float32)
+        self.observation_space = gym.spaces.Dict(
             {
-                "agent_pos": spaces.Box(-np.inf, np.inf, shape=(4,), dtype=np.float32),
-                "environment_state": spaces.Box(-np.inf, np.inf, shape=(39,), dtype=np.float32),
-                "pixels": spaces.Dict(
-                    {c: spaces.Box(0, 255, shape=(size, size, 3), dtype=np.uint8) for c in self.cameras}
+                "agent_pos": gym.spaces.Box(-np.inf, np.inf, shape=(4,), dtype=np.float32),
+                "environment_state": gym.spaces.Box(-np.inf, np.inf, shape=(39,), dtype=np.float32),
+                "pixels": gym.spaces.Dict(
+                    {c: gym.spaces.Box(0, 255, shape=(size, size, 3), dtype=np.uint8) for c in self.cameras}
                 ),
             }
         )
@@ -148,7 +146,7 @@ class MetaWorldEnv(gym.Env):
         self._steps = 0
 
     def _make_renderer(self):
-        import mujoco
+        import mujoco  # after MUJOCO_GL is set (above), and only for rendering envs
 
         model, size = self.sim.model, self.config.image_size
         if self.config.render == "fast":

@@ -11,14 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from smolvla.data.meta import DatasetError
-from smolvla.errors import ConfigError
-from smolvla.model.config import ACTION_KEY, EMPTY_CAMERA_PREFIX, STATE_KEY
+from smolvla.errors import CheckpointError, ConfigError
+from smolvla.keys import ACTION_KEY, EMPTY_CAMERA_PREFIX, STATE_KEY
+from smolvla.model.checkpoint import CONFIG_NAME, pretrained_dir
+from smolvla.model.config import SmolVLAConfig
+from smolvla.model.presets import preset_config
 from smolvla.policy import SmolVLAPolicy
 from smolvla.processors import TaskTokenizer, make_processors
+from smolvla.processors.language import TOKENIZER_FILE
 from smolvla.train.config import PolicyArgs
 from smolvla.train.data import TrainData
-
-TOKENIZER_FILE = "tokenizer.json"
 
 
 def policy_features(features: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -55,28 +57,29 @@ def check_compatible(policy: SmolVLAPolicy, features: dict[str, dict[str, Any]])
             raise DatasetError(f"the dataset's {key!r} has shape {have['shape']}, the policy expects [{want}]")
 
 
-def pretrained_dir(path: str) -> Path:
-    directory = Path(path)
-    if not directory.exists():
-        raise ConfigError(f"--policy.path={path!r} does not exist")
-    return directory / "pretrained_model" if (directory / "pretrained_model").is_dir() else directory
+def policy_dir(path: str, flag: str = "--policy.path") -> Path:
+    """The pretrained_model directory a command-line path names, or a ConfigError naming the flag."""
+    try:
+        directory = pretrained_dir(path)
+    except CheckpointError as e:
+        raise ConfigError(f"{flag}={path!r} does not exist") from e
+    if not (directory / CONFIG_NAME).is_file():
+        raise ConfigError(f"{flag}={path!r} is not a pretrained_model directory: no {CONFIG_NAME}")
+    return directory
 
 
 def planned_chunk_size(args: PolicyArgs) -> int:
     """Chunk length of the policy `args` will build, known before building it (to read action chunks that long)."""
-    from smolvla.model.config import SmolVLAConfig
-    from smolvla.policy import preset_config
-
     if args.chunk_size is not None:
         return args.chunk_size
     if args.path is not None:
-        return SmolVLAConfig.from_json(pretrained_dir(args.path) / "config.json").chunk_size
+        return SmolVLAConfig.from_json(policy_dir(args.path) / CONFIG_NAME).chunk_size
     return int(preset_config(args.preset).get("chunk_size", SmolVLAConfig.chunk_size))
 
 
 def make_tokenizer(args: PolicyArgs, tasks: list[str]) -> TaskTokenizer:
     """--policy.tokenizer, else the checkpoint's tokenizer, else a small BPE learnt from the dataset's instructions."""
-    source = args.tokenizer or (str(pretrained_dir(args.path)) if args.path else None)
+    source = args.tokenizer or (str(policy_dir(args.path)) if args.path else None)
     if source is None:
         return TaskTokenizer.train(tasks)
     if not (Path(source) / TOKENIZER_FILE).is_file():
@@ -94,7 +97,7 @@ def build_policy(args: PolicyArgs, data: TrainData) -> SmolVLAPolicy:
     if args.path is None:
         inputs, outputs = policy_features(data.features)
         return SmolVLAPolicy.from_preset(args.preset, input_features=inputs, output_features=outputs, **overrides)
-    policy = SmolVLAPolicy.from_pretrained(pretrained_dir(args.path))
+    policy = SmolVLAPolicy.from_pretrained(policy_dir(args.path))
     fixed = [f for f in args.ARCHITECTURE if getattr(args, f) is not None]
     if fixed:
         raise ConfigError(f"--policy.{fixed[0]} changes the architecture and cannot be set with --policy.path")
@@ -108,7 +111,7 @@ def build_policy(args: PolicyArgs, data: TrainData) -> SmolVLAPolicy:
 
 
 def build_processors(policy: SmolVLAPolicy, tokenizer: TaskTokenizer, data: TrainData, device: str):
-    vocab = policy.model.vlm_with_expert.text_model.embed_tokens.num_embeddings
+    vocab = policy.vocab_size
     if tokenizer.vocab_size > vocab:
         raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} tokens, more than the model's {vocab} embeddings")
     return make_processors(policy.config, data.stats, tokenizer, device=device)

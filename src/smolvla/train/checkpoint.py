@@ -19,12 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 
+from smolvla.atomic import atomic_directory
 from smolvla.errors import CheckpointError
+from smolvla.model.checkpoint import PRETRAINED_MODEL
+from smolvla.train.ema import EMA
 
 CHECKPOINTS_DIR = "checkpoints"
 LAST = "last"
-PRETRAINED_MODEL = "pretrained_model"
 TRAINING_STATE = "training_state"
 TRAIN_CONFIG = "train_config.json"
 STEP_FILE = "training_step.json"
@@ -92,10 +95,6 @@ def save_checkpoint(
     `write_pretrained(directory)` writes the policy (weights + processors) into a fresh directory;
     `training_state` holds `optimizer`, `scheduler`, `rng` and plain-JSON `progress` entries.
     """
-    from safetensors.torch import save_file
-
-    from smolvla.atomic import atomic_directory
-
     root = checkpoints_dir(output_dir)
     root.mkdir(parents=True, exist_ok=True)
     target = root / step_name(step)
@@ -142,8 +141,6 @@ def remove_partial(output_dir: Path) -> None:
 
 def load_training_state(checkpoint: Path) -> dict[str, Any]:
     """Everything `save_checkpoint` wrote under training_state/, with clear errors for missing or corrupt files."""
-    from safetensors.torch import load_file
-
     state_dir = checkpoint / TRAINING_STATE
     try:
         progress = json.loads((state_dir / STEP_FILE).read_text())
@@ -158,3 +155,22 @@ def load_training_state(checkpoint: Path) -> dict[str, Any]:
     except Exception as e:
         raise CheckpointError(f"cannot read the training state in {state_dir}: {type(e).__name__}: {e}") from e
     return state
+
+
+def restore_training_state(state: dict[str, Any], optimizer, scheduler, ema: EMA | None, where: Path) -> None:
+    """Put a loaded training state back into the optimizer, scheduler, EMA and the global RNG."""
+    try:
+        if ema is not None:
+            if "raw_weights" not in state:
+                raise CheckpointError(f"{where} was saved without EMA, but this run uses --ema_decay")
+            missing = sorted(set(ema.params) - set(state["raw_weights"]))
+            if missing:
+                raise CheckpointError(f"{where}: raw weights lack {missing[:5]}")
+            ema.load(state["raw_weights"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    except (ValueError, KeyError, RuntimeError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"the training state in {where} does not fit this policy/optimizer: {e}") from e
+    set_rng_state(state["rng"])

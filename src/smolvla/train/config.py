@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from smolvla.configs import apply_flags, apply_mapping, load_config_file, to_mapping
 from smolvla.errors import ConfigError
+from smolvla.flags import apply_flags, apply_mapping, load_config_file, to_mapping
+from smolvla.model.presets import PRESETS
+from smolvla.train.checkpoint import last_checkpoint, read_train_config
 
 # Settings that may differ between a run and its resumption (everything else must match the checkpoint).
 RESUMABLE = frozenset(
@@ -33,9 +35,6 @@ class DatasetArgs:
     stats_path: str | None = None  # normalize with these statistics (stats.json format) instead of the datasets'
 
 
-REFLOW_FIELDS = ("use_reflow", "teacher_path", "reflow_num_inference_steps", "reflow_pairs", "reflow_one_step")
-
-
 @dataclass
 class PolicyArgs:
     """Where the policy comes from, plus SmolVLA config fields to override (None keeps the preset's/checkpoint's)."""
@@ -45,12 +44,6 @@ class PolicyArgs:
     tokenizer: str | None = None  # directory with tokenizer.json; default: the checkpoint's, or learnt from tasks
     device: str | None = None  # cpu | cuda | cuda:1 ...; none = cuda when available
     use_amp: bool = False  # bf16 autocast for forward and backward
-    # Reflow / one-step distillation (smolvla.reflow): train on a frozen teacher's (noise, ODE solution) pairs.
-    use_reflow: bool = False
-    teacher_path: str | None = None  # the teacher's pretrained_model directory (also the student's default init)
-    reflow_num_inference_steps: int = 10  # Euler steps of the teacher's ODE solve
-    reflow_pairs: str | None = None  # a pair cache from `smolvla reflow` (generated once); none = teacher online
-    reflow_one_step: bool = False  # distillation: train only at t = 1 (one-step map noise → teacher's actions)
     # SmolVLA config fields (LeRobot names); architecture fields only apply when training from scratch.
     compile_model: bool | None = None  # torch.compile the flow-matching loss
     compile_mode: str | None = None  # torch.compile mode (LeRobot's default: max-autotune)
@@ -72,10 +65,11 @@ class PolicyArgs:
     ARCHITECTURE = ("image_size", "num_vlm_layers")
 
     def overrides(self) -> dict[str, Any]:
-        """The SmolVLA config fields set on the command line, in SmolVLAConfig's names."""
-        own = {"path", "preset", "tokenizer", "device", "use_amp", *REFLOW_FIELDS}
+        """The SmolVLA config fields set on the command line, in SmolVLAConfig's names (a training mode's own
+        settings, in a subclass of this block, are not config fields)."""
+        own = {"path", "preset", "tokenizer", "device", "use_amp"}
         out = {}
-        for f in dataclasses.fields(self):
+        for f in dataclasses.fields(PolicyArgs):
             value = getattr(self, f.name)
             if f.name in own or value is None:
                 continue
@@ -133,21 +127,8 @@ class TrainConfig:
                 raise ConfigError(f"--{name} must be >= 0, got {value}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"--ema_decay must be in [0, 1), got {self.ema_decay}")
-        self._validate_reflow()
-        if self.policy.preset not in ("tiny", "smolvla_base") and self.policy.path is None:
-            raise ConfigError(f"--policy.preset must be tiny or smolvla_base, got {self.policy.preset!r}")
-
-    def _validate_reflow(self) -> None:
-        p = self.policy
-        if not p.use_reflow:
-            given = [f for f in REFLOW_FIELDS[1:] if getattr(p, f) != getattr(PolicyArgs, f)]
-            if given:
-                raise ConfigError(f"--policy.{given[0]} is a reflow setting: add --policy.use_reflow=true")
-            return
-        if p.teacher_path is None:
-            raise ConfigError("--policy.use_reflow=true needs --policy.teacher_path=<the teacher's pretrained_model>")
-        if p.reflow_num_inference_steps < 1:
-            raise ConfigError(f"--policy.reflow_num_inference_steps must be >= 1, got {p.reflow_num_inference_steps}")
+        if self.policy.preset not in PRESETS and self.policy.path is None:
+            raise ConfigError(f"--policy.preset must be one of {sorted(PRESETS)}, got {self.policy.preset!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return to_mapping(self)
@@ -171,11 +152,9 @@ class TrainConfig:
 
 
 def _resumed(config: TrainConfig, argv: list[str]) -> TrainConfig:
-    from smolvla.train.checkpoint import last_checkpoint, read_train_config
-
     checkpoint = last_checkpoint(Path(config.output_dir))
     saved = read_train_config(checkpoint)
-    resumed = apply_mapping(TrainConfig(), saved)
+    resumed = apply_mapping(type(config)(), saved)
     apply_flags(resumed, argv)
     if config.config_path:  # a config file given with --resume counts like flags
         apply_mapping(resumed, load_config_file(config.config_path))

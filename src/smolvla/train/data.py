@@ -1,10 +1,10 @@
-"""Training data: datasets split by episode, one reproducible stream of global batches, and per-batch noise.
+"""Training data: datasets split by episode, and one reproducible stream of global batches.
 
 Reproducibility is by construction rather than by saved iterator state: global batch k is positions
 [k·B, (k+1)·B) of an endless stream of epochs (each epoch an order from `WeightedDatasetSampler(seed, epoch)`), and
-its flow-matching noise and times come from a generator seeded by (seed, k). Every process draws the whole global
-batch and keeps its slice, so a run resumed at step s, or run on a different number of processes, sees the very same
-samples and noise.
+its flow-matching noise and times come from a generator seeded by (seed, k) (`smolvla.train.loss`). Every process
+draws the whole global batch and keeps its slice, so a run resumed at step s, or run on a different number of
+processes, sees the very same samples and noise.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from torch.utils.data import Sampler
 
 from smolvla.data import LeRobotDataset, MultiLeRobotDataset, WeightedDatasetSampler, load_meta, split_episodes
 from smolvla.data.dataset import chunk_delta_timestamps
-from smolvla.data.meta import DatasetError
+from smolvla.data.meta import DatasetError, read_stats
+from smolvla.data.stats import aggregate_stats
 from smolvla.train.config import DatasetArgs
 
 
@@ -33,8 +34,6 @@ class TrainData:
 def load_train_data(args: DatasetArgs, chunk_size: int, seed: int) -> TrainData:
     """Open every dataset, hold out `val_fraction` of each one's episodes (then keep `episode_fraction` of the rest),
     and merge their statistics (or read the fixed ones of `stats_path`)."""
-    from smolvla.data.meta import read_stats
-
     train, val, stats, tasks = [], [], [], []
     fractions = args.episode_fraction or (1.0,) * len(args.root)
     for root, fraction in zip(args.root, fractions, strict=True):
@@ -61,8 +60,6 @@ def load_train_data(args: DatasetArgs, chunk_size: int, seed: int) -> TrainData:
 
 
 def _merge(stats: list[dict]) -> dict:
-    from smolvla.data.stats import aggregate_stats
-
     return stats[0] if len(stats) == 1 else aggregate_stats(stats)
 
 
@@ -73,11 +70,6 @@ def episode_subset(episodes: list[int], fraction: float, seed: int) -> list[int]
     keep = max(1, round(len(episodes) * fraction))
     order = np.random.default_rng([seed, len(episodes)]).permutation(len(episodes))[:keep]
     return sorted(episodes[i] for i in order)
-
-
-def batch_seed(seed: int, index: int, stream: int = 0) -> int:
-    """A well-mixed 63-bit seed for batch `index` of stream `stream` (0 train, 1 validation)."""
-    return int(np.random.SeedSequence([seed, stream, index]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
 class GlobalBatches(Sampler[list[int]]):

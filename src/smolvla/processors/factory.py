@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from smolvla.model.config import EMPTY_CAMERA_PREFIX, SmolVLAConfig
+from smolvla.keys import EMPTY_CAMERA_PREFIX
+from smolvla.model.checkpoint import pretrained_dir
+from smolvla.model.config import SmolVLAConfig
 from smolvla.processors.language import NewlineTask, TaskTokenizer, Tokenize
 from smolvla.processors.normalize import Normalize, Stats, Unnormalize
 from smolvla.processors.observation import AddBatchDim, CheckCameras, RenameObservations, ToDevice
@@ -63,16 +65,9 @@ def make_processors(
     return pre, post
 
 
-def save_processors(directory: str | Path, pre: Pipeline, post: Pipeline) -> None:
-    pre.save(directory)
-    post.save(directory)
-
-
 def load_processors(directory: str | Path, device: str | None = None) -> tuple[Pipeline, Pipeline]:
     """Read the pipelines of a checkpoint directory; `device` replaces the preprocessor's saved device."""
-    directory = Path(directory)
-    if not (directory / f"{PREPROCESSOR}.json").is_file() and (directory / "pretrained_model").is_dir():
-        directory = directory / "pretrained_model"
+    directory = pretrained_dir(directory)
     pre, post = Pipeline.load(directory, PREPROCESSOR), Pipeline.load(directory, POSTPROCESSOR)
     for step in pre.steps:
         if isinstance(step, ToDevice) and device is not None:

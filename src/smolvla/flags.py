@@ -12,6 +12,8 @@ import types
 import typing
 from typing import Any
 
+import yaml
+
 from smolvla.errors import ConfigError
 
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
@@ -167,8 +169,6 @@ def to_mapping(config: Any) -> dict[str, Any]:
 
 def load_config_file(path: str) -> dict[str, Any]:
     """Read a YAML (or JSON, a subset of YAML) config file into a mapping."""
-    import yaml
-
     try:
         with open(path) as f:
             values = yaml.safe_load(f)

@@ -3,8 +3,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from smolvla.cli import main
-from smolvla.configs import apply_flags, apply_mapping, describe, flag_names, load_config_file, to_mapping
 from smolvla.errors import ConfigError
+from smolvla.flags import apply_flags, apply_mapping, describe, flag_names, load_config_file, to_mapping
 
 
 @dataclass

@@ -14,9 +14,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 
+from smolvla.atomic import atomic_write_text
+from smolvla.data.replay import ReplayRobot
 from smolvla.errors import ConfigError, ServerError
+from smolvla.keys import IMAGE_PREFIX
+from smolvla.serve.client import PolicyClient
 from smolvla.serve.robot import ClientConfig, EpisodeStats, RobotClient, remote_source
 
 ROBOTS = ("metaworld", "replay")
@@ -50,12 +55,10 @@ class RunClientConfig:
 def make_robot(config: RunClientConfig, info: Any):
     """The robot for `config.robot`, with the cameras and image size the served policy expects."""
     if config.robot == "replay":
-        from smolvla.serve.robot import ReplayRobot
-
         return ReplayRobot(config.dataset_root, config.replay_episode)
-    from smolvla.serve.robot import MetaWorldRobot
+    from smolvla.sim.robot import MetaWorldRobot  # the optional `sim` extra: a replayed robot does not need it
 
-    cameras = {f.name: f.name.rsplit(".", 1)[-1] for f in info.features if f.name.startswith("observation.images.")}
+    cameras = {f.name: f.name.removeprefix(IMAGE_PREFIX) for f in info.features if f.name.startswith(IMAGE_PREFIX)}
     if not cameras:
         raise ConfigError("the served policy expects no camera: Meta-World needs one")
     size = next(f.shape[0] for f in info.features if f.name in cameras)
@@ -79,11 +82,6 @@ def summarize(episodes: list[EpisodeStats], wall_s: list[float]) -> dict[str, An
 
 
 def run_client(config: RunClientConfig) -> dict[str, Any]:
-    import grpc
-
-    from smolvla.atomic import atomic_write_text
-    from smolvla.serve.client import PolicyClient
-
     config.validate()
     client = PolicyClient(address=config.server, token=config.token, tls_root_cert=config.tls_root_cert)
     try:

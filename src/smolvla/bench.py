@@ -16,25 +16,30 @@ does). Writes a JSON file (atomically) and prints a markdown table.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import platform
-import statistics
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
+from transformers.initialization import no_init_weights
 
 from smolvla.atomic import atomic_write_text
-from smolvla.configs import to_mapping
 from smolvla.errors import ConfigError
+from smolvla.flags import to_mapping
+from smolvla.keys import ACTION_KEY, IMAGE_PREFIX, LANG_MASK, LANG_TOKENS, STATE_KEY
+from smolvla.model.presets import PRESETS as ARCHITECTURES
+from smolvla.policy import SmolVLAPolicy
+from smolvla.timing import timed
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MODES = ("eager", "compiled", "compiled_chunk")
-PRESETS = ("tiny", "smolvla_base")
+PRESETS = tuple(ARCHITECTURES)
 
 
 @dataclass
@@ -83,27 +88,6 @@ class BenchConfig:
 
 
 # --- measuring ---
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, reps: int, device: str) -> tuple[float, float]:
-    """(first call, median of `reps` later calls) in seconds: the first call includes compilation and warm-up."""
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return first, statistics.median(times)
-
-
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -145,8 +129,6 @@ def peak_memory_mb(fn, device: str) -> float | None:
 
 def _trim_heap() -> None:
     """Give freed heap pages back to the OS (glibc), so memory the call reuses shows up in the resident set again."""
-    import ctypes
-
     with contextlib.suppress(OSError, AttributeError):  # not glibc: the measure is just less tight
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
@@ -162,8 +144,6 @@ def matmul_peak_gflops(dtype: torch.dtype, device: str) -> float:
 
 
 def count_flops(fn) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
     with FlopCounterMode(display=False) as counter:
         fn()
     return float(counter.get_total_flops())
@@ -173,13 +153,9 @@ def count_flops(fn) -> float:
 def build_policy(preset: str, cameras: int, image_size: tuple[int, ...], device: str):
     """A policy of `preset`'s architecture with `cameras` cameras and random weights (small normals: a
     random-initialised 450M-parameter model's default init is slow and irrelevant to speed)."""
-    from transformers.initialization import no_init_weights
-
-    from smolvla import SmolVLAPolicy
-
-    features = {"observation.state": {"type": "STATE", "shape": [6]}}
+    features = {STATE_KEY: {"type": "STATE", "shape": [6]}}
     for i in range(cameras):
-        features[f"observation.images.camera{i}"] = {"type": "VISUAL", "shape": [3, *image_size]}
+        features[f"{IMAGE_PREFIX}camera{i}"] = {"type": "VISUAL", "shape": [3, *image_size]}
     with no_init_weights():
         policy = SmolVLAPolicy.from_preset(preset, input_features=features)
     gen = torch.Generator().manual_seed(0)
@@ -194,19 +170,15 @@ def make_batch(policy, batch_size: int, language_tokens: int, device: str) -> di
     gen = torch.Generator().manual_seed(0)
     cfg = policy.config
     batch = {key: torch.rand(batch_size, *feat.shape, generator=gen) for key, feat in cfg.image_features.items()}
-    batch["observation.state"] = torch.randn(batch_size, cfg.state_dim, generator=gen)
-    batch["observation.language.tokens"] = torch.randint(3, 1000, (batch_size, language_tokens), generator=gen)
-    batch["observation.language.attention_mask"] = torch.ones(batch_size, language_tokens, dtype=torch.bool)
-    batch["action"] = torch.randn(batch_size, cfg.chunk_size, cfg.action_dim, generator=gen)
+    batch[STATE_KEY] = torch.randn(batch_size, cfg.state_dim, generator=gen)
+    batch[LANG_TOKENS] = torch.randint(3, 1000, (batch_size, language_tokens), generator=gen)
+    batch[LANG_MASK] = torch.ones(batch_size, language_tokens, dtype=torch.bool)
+    batch[ACTION_KEY] = torch.randn(batch_size, cfg.chunk_size, cfg.action_dim, generator=gen)
     return {k: v.to(device) for k, v in batch.items()}
 
 
 def variant(policy, dtype: str, mode: str):
     """A copy of `policy` in `dtype`, compiled per `mode` (the original stays fp32, eager, for training rows)."""
-    from transformers.initialization import no_init_weights
-
-    from smolvla import SmolVLAPolicy
-
     if dtype == "fp32" and mode == "eager":
         return policy.eval()
     with no_init_weights():
