@@ -9,12 +9,25 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def temp_directory_for(target: Path) -> Path:
-    """A fresh hidden directory next to `target` (same filesystem, so the final rename is atomic)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+def temp_directory_for(target: Path, staging: Path | None = None) -> Path:
+    """A fresh hidden directory next to `target`, or inside `staging` (a sibling of `target`: the same filesystem,
+    so the final rename is atomic, and a place the next run cleans)."""
+    place = target.parent if staging is None else staging
+    place.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=place))
     tmp.chmod(0o755)  # mkdtemp's 0700 would make every saved checkpoint or dataset private to its writer
     return tmp
+
+
+def remove_stale_temps(target: Path, place: Path | None = None) -> list[Path]:
+    """Delete what a killed writer of `target` left in `place` (default: beside it): `.<name>.tmp-*` and
+    `.<name>.old-*` directories. Returns what was removed."""
+    place = Path(target).parent if place is None else Path(place)
+    name = Path(target).name
+    stale = [p for pattern in (f".{name}.tmp-*", f".{name}.old-*") for p in place.glob(pattern) if p.is_dir()]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
 
 
 def replace_directory(tmp: Path, target: Path) -> None:

@@ -2,6 +2,8 @@
 
 Commands:
   collect  run Meta-World's scripted experts and write their successful episodes as a LeRobot v3.0 dataset.
+  check-dataset  cross-check a dataset's info.json, episode table, data files and videos (what train checks when
+           it opens a dataset; `--dataset.verify=false` skips that there).
   train    train SmolVLA on local LeRobot datasets (from scratch or `--policy.path` fine-tuning), with checkpoints,
            exact `--resume=true`, TensorBoard, validation loss; multi-process via `accelerate launch`.
   continual  learn tasks one after another (stages from a YAML `--config_path`) with replay of earlier tasks, a
@@ -44,6 +46,13 @@ def collect(config) -> int:
     return 0
 
 
+def check_dataset(config) -> int:
+    from smolvla.data.verify import check_dataset as run
+
+    print(run(config))
+    return 0
+
+
 def train(config) -> int:
     from smolvla.reflow.hooks import hooks_for
     from smolvla.train.trainer import train as run
@@ -80,9 +89,8 @@ def serve(config) -> int:
     from smolvla.serve.server import PolicyServer
 
     server = PolicyServer(config)
-    port = server.start()
-    auth = "token required" if config.token else "no authentication"
-    print(f"serving {config.policy_path} on {config.host}:{port} ({auth}, {'TLS' if config.tls_cert else 'no TLS'})")
+    server.start()
+    print(server.describe(), flush=True)
     try:
         server.wait()
     except KeyboardInterrupt:
@@ -131,6 +139,7 @@ def evaluate(config) -> int:
 # OpenMP wait policy below must be set before torch loads, and `smolvla --help` stays instant.
 _COMMANDS = {
     "collect": ("smolvla.sim.collect", "CollectConfig", collect),
+    "check-dataset": ("smolvla.data.verify", "CheckDatasetConfig", check_dataset),
     "train": ("smolvla.reflow.config", "ReflowTrainConfig", train),
     "eval": ("smolvla.eval.evaluate", "EvalConfig", evaluate),
     "continual": ("smolvla.continual.config", "ContinualConfig", continual),

@@ -1,6 +1,7 @@
 """The policy server end to end on localhost: same chunks as the local policy, batching, typed messages only,
 clear status codes for bad or unauthenticated requests (and the server keeps serving), reconnect after a restart."""
 
+import hashlib
 import json
 import threading
 import time
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from smolvla.errors import ConfigError
 from smolvla.policy import SmolVLAPolicy
 from smolvla.processors import load_processors
 from smolvla.serve import protocol as proto
@@ -192,6 +194,59 @@ def test_client_reconnects_after_a_server_restart(checkpoint):
         time.sleep(0.6)
         second.stop()
         robot.close()
+
+
+def test_a_second_server_on_a_busy_port_is_refused(server, checkpoint):
+    """gRPC's default SO_REUSEPORT would let a second (token-less, perhaps stale) server answer some requests."""
+    second = PolicyServer(ServeConfig(policy_path=str(checkpoint), port=server.port))
+    with pytest.raises(ConfigError, match=f"127.0.0.1:{server.port}: the port is in use"):
+        second.start()
+    second.service.close()
+    reply = client(server).predict(*observation(), "open the drawer")  # the first one still answers, with its token
+    assert reply.actions.shape == (5, 3)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [("port", 70000, "--port must be in 0..65535"), ("port", -1, "--port must be in 0..65535"),
+     ("max_pending", 0, "--max_pending must be positive"), ("num_steps", 0, "--num_steps must be in 1..100"),
+     ("request_timeout_s", 0, "--request_timeout_s must be positive")],
+)  # fmt: skip
+def test_out_of_range_settings_are_one_clear_error(checkpoint, field, value, message):
+    with pytest.raises(ConfigError, match=message):
+        PolicyServer(ServeConfig(policy_path=str(checkpoint), **{field: value}))
+
+
+def test_startup_line_names_address_auth_and_weights(server, checkpoint):
+    sha = hashlib.sha256((checkpoint / "model.safetensors").read_bytes()).hexdigest()[:12]
+    line = server.describe()
+    assert f"127.0.0.1:{server.port}" in line and "token required" in line and sha in line
+
+
+def test_requests_beyond_max_pending_are_refused_not_queued(checkpoint):
+    """Each admitted request holds a slot until answered: memory is bounded whatever the clients send."""
+    busy = PolicyServer(ServeConfig(policy_path=str(checkpoint), port=0, max_pending=1, batch_window_ms=400))
+    port = busy.start()
+    answers = {}
+
+    def ask(i):
+        try:
+            answers[i] = PolicyClient(address=f"127.0.0.1:{port}").predict(*observation(i), "open the drawer").actions
+        except grpc.RpcError as e:
+            answers[i] = f"{e.code().name}: {e.details()}"
+
+    try:
+        first = threading.Thread(target=ask, args=(0,))
+        first.start()
+        time.sleep(0.15)  # the first request waits for company in the 400 ms batch window, holding the only slot
+        ask(1)
+        first.join()
+        assert answers[0].shape == (5, 3)
+        assert "RESOURCE_EXHAUSTED" in answers[1] and "1 requests are already waiting" in answers[1]
+        ask(2)  # the slot came back with the first answer
+        assert answers[2].shape == (5, 3)
+    finally:
+        busy.stop()
 
 
 def test_nothing_on_the_wire_is_pickled():

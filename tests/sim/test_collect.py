@@ -1,9 +1,12 @@
 import json
+import threading
 
+import av
 import numpy as np
 import pytest
 
-from smolvla.data import LeRobotDataset
+from smolvla.data import DatasetWriter, LeRobotDataset
+from smolvla.data import video as video_module
 from smolvla.data.meta import read_parquet
 from smolvla.errors import ConfigError
 from smolvla.sim import collect as collect_module
@@ -83,6 +86,53 @@ def test_interrupted_collection_resumes_to_the_same_dataset(collected, tmp_path,
             assert json.loads((root / name).read_text()) == json.loads((collected / name).read_text())
         else:
             assert read_parquet(root / name).equals(read_parquet(collected / name))
+
+
+def test_a_kill_during_the_final_write_leaves_nothing_beside_the_output(collected, tmp_path, monkeypatch):
+    """The dataset is built inside `<output>.partial/`; a SIGKILL there (no cleanup runs) leaves nothing in the
+    output's parent, and the next run removes the half-written dataset and finishes from the staged episodes."""
+    root = tmp_path / "demos"
+
+    def killed(self, extra_meta=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(DatasetWriter, "finalize", killed)
+    monkeypatch.setattr(DatasetWriter, "abort", lambda self: None)  # SIGKILL: no cleanup at all
+    with pytest.raises(KeyboardInterrupt):
+        collect(small_config(root), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demos.partial"]
+    assert list((tmp_path / "demos.partial").glob(".demos.tmp-*"))  # the half-written dataset stayed inside
+    monkeypatch.undo()
+    collect(small_config(root), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demos"]
+    assert read_parquet(root / "data/chunk-000/file-000.parquet").equals(
+        read_parquet(collected / "data/chunk-000/file-000.parquet")
+    )
+
+
+def test_a_hung_av1_encoder_is_restarted_with_h264(tmp_path, monkeypatch, capsys):
+    """SVT-AV1 can deadlock under load (CPU idle, no progress). The watchdog turns that into an error and collect
+    rewrites the dataset from its staged episodes with libx264, instead of hanging forever."""
+    release = threading.Event()
+    real_encode = video_module.VideoEncoder._encode
+
+    def encode(self, frames):
+        if self.codec == "libsvtav1":
+            release.wait(60)  # a deadlock, as far as the writer can tell
+        return real_encode(self, frames)
+
+    monkeypatch.setattr(video_module, "STALL_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(video_module.VideoEncoder, "_encode", encode)
+    try:
+        root = collect(small_config(tmp_path / "demos", episodes_per_task=1), progress=False)
+    finally:
+        release.set()
+    assert "made no progress for 1 s" in capsys.readouterr().err
+    dataset = LeRobotDataset(root)
+    video = dataset.meta.video_files["observation.images.corner2"][0]
+    assert av.open(str(video)).streams.video[0].codec_context.name == "h264"
+    assert dataset[0]["observation.images.corner2"].shape == (3, 32, 32)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demos"]
 
 
 def test_existing_output_is_not_overwritten(collected):

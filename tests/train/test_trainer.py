@@ -1,5 +1,6 @@
 """The trainer: exact resume after SIGKILL, multi-process equivalence, checkpoints, freezing, EMA, bad input."""
 
+import errno
 import json
 import os
 import signal
@@ -13,6 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import smolvla.model.checkpoint
+from smolvla.cli import main
 from smolvla.data import DatasetError
 from smolvla.errors import CheckpointError, ConfigError
 from smolvla.policy import SmolVLAPolicy
@@ -196,8 +199,10 @@ def test_bad_input_errors(dataset, tmp_path):
     empty = write_v30(tmp_path / "empty", make_episodes())
     episodes = empty / "meta" / "episodes" / "chunk-000" / "file-000.parquet"
     pq.write_table(pq.read_table(episodes).slice(0, 0), episodes)
-    with pytest.raises(DatasetError, match="no frames to train on"):
+    with pytest.raises(DatasetError, match=r"info\.json counts 3 episodes but .* lists 0"):
         run(empty, tmp_path / "z")
+    with pytest.raises(DatasetError, match="no frames to train on"):
+        run(empty, tmp_path / "z", "--dataset.verify=false")
     with pytest.raises(ConfigError, match="no dataset"):
         train(TrainConfig.from_flags([f"--output_dir={tmp_path / 'x'}"]))
     with pytest.raises(DatasetError):
@@ -211,3 +216,55 @@ def test_a_save_killed_before_the_first_checkpoint_does_not_block_a_fresh_start(
         run(dataset, tmp_path / "run", "--resume=true")
     result = run(dataset, tmp_path / "run", "--steps=3", "--val_freq=0")
     assert result.step == 3 and not partial.exists()
+
+
+def test_resume_from_another_working_directory(dataset, tmp_path, monkeypatch):
+    """Paths are stored absolute: a relative --dataset.root works from anywhere, and the same dataset given by its
+    absolute path is the same setting."""
+    common = ["--batch_size=4", "--log_freq=2", "--save_freq=3", "--val_freq=0", "--num_workers=0",
+              "--progress=false", "--policy.chunk_size=5", "--policy.n_action_steps=5"]  # fmt: skip
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    relative = os.path.relpath(dataset, tmp_path / "a")
+    train(TrainConfig.from_flags([f"--dataset.root={relative}", "--output_dir=run", "--steps=3", *common]))
+    saved = json.loads((tmp_path / "a/run/checkpoints/last/pretrained_model/train_config.json").read_text())
+    assert saved["dataset"]["root"] == [str(dataset)]
+    monkeypatch.chdir(tmp_path / "b")
+    resumed = train(TrainConfig.from_flags(["--output_dir=../a/run", "--resume=true", "--steps=6"]))
+    assert resumed.step == 6
+    again = train(TrainConfig.from_flags([f"--dataset.root={dataset}", "--output_dir=../a/run", "--resume=true",
+                                          "--steps=9"]))  # fmt: skip
+    assert again.step == 9
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [("--dataset.val_fraction=1.5", "--dataset.val_fraction must be in [0, 1), got 1.5"),
+     ("--dataset.weights=-1", "--dataset.weights must be finite, >= 0 and not all 0, got [-1.0]"),
+     ("--policy.optimizer_lr=-1", "need optimizer_lr > 0"),
+     ("--policy.scheduler_warmup_steps=-5", "scheduler_warmup_steps, scheduler_decay_steps and scheduler_decay_lr")],
+)  # fmt: skip
+def test_out_of_range_settings_are_one_line(dataset, tmp_path, capsys, flag, message):
+    assert main(["train", f"--dataset.root={dataset}", f"--output_dir={tmp_path}", "--progress=false", flag]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("smolvla train: error: ") and message in err[0]
+    assert not (tmp_path / "tensorboard").exists()
+
+
+def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(dataset, tmp_path, monkeypatch):
+    real_save, calls = smolvla.model.checkpoint.save_file, []
+
+    def save_file(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:  # the second checkpoint's weights hit a full disk
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(smolvla.model.checkpoint, "save_file", save_file)
+    with pytest.raises(CheckpointError, match=r"cannot write checkpoint 000006 .*No space left on device; .*last "
+                                              r"still points to the last complete checkpoint"):  # fmt: skip
+        run(dataset, tmp_path / "run", "--val_freq=0")
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["000003", "last"]  # nothing half-written
+    assert SmolVLAPolicy.from_pretrained(checkpoints / "last").config.chunk_size == 5

@@ -9,8 +9,9 @@ encodes with a keyframe every 2 frames (`g=2`) so that costs at most one extra f
 from __future__ import annotations
 
 import os
+import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,17 @@ import numpy as np
 from smolvla.errors import SmolVLAError
 
 _INHERITED: list[Any] = []
+# No single codec call (one episode's frames, or the final flush) takes this long on a working machine.
+STALL_TIMEOUT_S = 120.0
 os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its banner to stderr at every file otherwise
 
 
 class VideoError(SmolVLAError, ValueError):
     """A video or image file cannot be written, opened, or lacks a requested frame."""
+
+
+class VideoEncoderHangError(VideoError):
+    """The encoder made no progress within its watchdog's time: a known SVT-AV1 thread deadlock under load."""
 
 
 @dataclass
@@ -58,9 +65,23 @@ def available_codec(preferred: str) -> str:
 
 
 class VideoEncoder:
-    """Appends RGB frames (H, W, 3) uint8 to one mp4 at a fixed fps; frame n has timestamp n / fps."""
+    """Appends RGB frames (H, W, 3) uint8 to one mp4 at a fixed fps; frame n has timestamp n / fps.
 
-    def __init__(self, path: str | Path, fps: int, width: int, height: int, settings: VideoSettings | None = None):
+    Every call into the codec runs under a watchdog: SVT-AV1 can deadlock inside `svt_av1_enc_send_picture` (a
+    semaphore wait, CPU idle) when the machine is busy, which would hang `smolvla collect` or the demo forever
+    without a word. A call that takes longer than `stall_timeout_s` raises `VideoEncoderHangError` instead (the
+    stuck codec thread is abandoned); callers rewrite with another codec (`smolvla.sim.collect` does).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        fps: int,
+        width: int,
+        height: int,
+        settings: VideoSettings | None = None,
+        stall_timeout_s: float | None = None,
+    ):
         settings = settings or VideoSettings()
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -72,8 +93,38 @@ class VideoEncoder:
         self.stream.options = settings.options(self.codec)
         self.num_frames = 0
         self.bytes = 0  # encoded so far (the muxer may not have flushed it to disk yet)
+        self.stall_timeout_s = STALL_TIMEOUT_S if stall_timeout_s is None else stall_timeout_s
+        self.hung = False
+
+    def _guarded(self, call: Callable[[], None], what: str) -> None:
+        """Run one codec call in a helper thread and wait at most `stall_timeout_s` for it."""
+        if self.hung:
+            raise VideoEncoderHangError(f"{self.path}: the {self.codec} encoder hung earlier; it cannot be used")
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                call()
+            except BaseException as e:
+                failure.append(e)
+
+        worker = threading.Thread(target=run, name="smolvla-video-encoder", daemon=True)
+        worker.start()
+        worker.join(self.stall_timeout_s)
+        if worker.is_alive():
+            self.hung = True
+            raise VideoEncoderHangError(
+                f"{self.path}: the {self.codec} encoder made no progress for {self.stall_timeout_s:g} s while "
+                f"{what} (a known SVT-AV1 deadlock under load)"
+            )
+        if failure:
+            raise failure[0]
 
     def add(self, frames: Iterable[np.ndarray]) -> None:
+        frames = list(frames)
+        self._guarded(lambda: self._encode(frames), f"encoding {len(frames)} frames")
+
+    def _encode(self, frames: list[np.ndarray]) -> None:
         for frame in frames:
             if frame.shape != (self.stream.height, self.stream.width, 3) or frame.dtype != np.uint8:
                 raise VideoError(
@@ -88,9 +139,12 @@ class VideoEncoder:
             self.num_frames += 1
 
     def close(self) -> None:
-        for packet in self.stream.encode():
-            self.container.mux(packet)
-        self.container.close()
+        def flush() -> None:
+            for packet in self.stream.encode():
+                self.container.mux(packet)
+            self.container.close()
+
+        self._guarded(flush, "flushing")
 
 
 def encode_png(image: np.ndarray) -> bytes:

@@ -10,6 +10,7 @@ so a crash never leaves a half-written dataset that looks complete.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from smolvla.atomic import replace_directory, temp_directory_for
+from smolvla.atomic import remove_stale_temps, replace_directory, temp_directory_for
 from smolvla.data.meta import (
     DATA_PATH,
     DEFAULT_FEATURES,
@@ -100,16 +101,20 @@ class DatasetWriter:
         video_files_size_in_mb: int = 200,
         chunks_size: int = 1000,
         overwrite: bool = False,
+        staging: Path | None = None,
     ):
+        """`staging`: a sibling directory to build in (e.g. a resumable collection's own); by default the dataset is
+        built in a hidden sibling, and what a killed writer of the same root left there is removed first."""
         self.root = Path(root)
         if self.root.exists() and not overwrite:
             raise DatasetError(f"{self.root} already exists (pass overwrite=True to replace it)")
+        remove_stale_temps(self.root, staging)
         self.fps = int(fps)
         self.features = self._check_features(features)
         self.robot_type = robot_type
         self.video = video or VideoSettings()
         self.data_mb, self.video_mb, self.chunks_size = data_files_size_in_mb, video_files_size_in_mb, chunks_size
-        self.tmp: Path | None = temp_directory_for(self.root)
+        self.tmp: Path | None = temp_directory_for(self.root, staging)
         self.tasks: dict[str, int] = {}
         self.episodes: list[dict[str, Any]] = []
         self.episode_stats: list[dict[str, dict[str, np.ndarray]]] = []
@@ -338,8 +343,9 @@ class DatasetWriter:
             self._data_writer.close()
             self._data_writer = None
         for _, encoder in self._videos.values():
-            if encoder is not None:
-                encoder.container.close()
+            if encoder is not None and not encoder.hung:  # a hung codec is abandoned, never touched again
+                with contextlib.suppress(Exception):
+                    encoder.container.close()
         if self.tmp is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp = None

@@ -117,6 +117,8 @@ def run_evaluation(
     make_agent = _Given(agent) if hasattr(agent, "select_action") else agent
     if n_episodes < 1:
         raise ConfigError(f"n_episodes must be >= 1, got {n_episodes}")
+    if num_workers < 1 or videos_per_task < 0:
+        raise ConfigError(f"num_workers must be >= 1 and videos_per_task >= 0, got {num_workers}, {videos_per_task}")
     if videos_per_task and not env.cameras:
         raise ConfigError("videos need at least one camera: set --env.cameras or --eval.videos_per_task=0")
     jobs = [

@@ -14,6 +14,7 @@ weights, since normalization is a processor's job (`split_legacy_stats` returns 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -50,6 +51,16 @@ def pretrained_dir(path: str | Path) -> Path:
         raise CheckpointError(f"{path} does not exist")
     nested = directory / PRETRAINED_MODEL
     return nested if not (directory / CONFIG_NAME).is_file() and nested.is_dir() else directory
+
+
+def weights_sha256(directory: Path) -> str:
+    """sha256 of a pretrained_model directory's model.safetensors: which weights a pair cache was solved with, or a
+    server is serving."""
+    digest = hashlib.sha256()
+    with open(Path(directory) / WEIGHTS_NAME, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_weights(path: Path) -> dict[str, Tensor]:

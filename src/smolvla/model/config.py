@@ -140,6 +140,13 @@ class SmolVLAConfig:
             raise ConfigError(f"attention_mode is {self.attention_mode!r}, expected 'cross_attn' or 'self_attn'")
         if self.num_steps < 1:
             raise ConfigError(f"num_steps must be >= 1, got {self.num_steps}")
+        if not self.optimizer_lr > 0 or self.optimizer_weight_decay < 0 or not self.optimizer_grad_clip_norm > 0:
+            raise ConfigError(
+                f"need optimizer_lr > 0, optimizer_weight_decay >= 0 and optimizer_grad_clip_norm > 0, got "
+                f"{self.optimizer_lr}, {self.optimizer_weight_decay}, {self.optimizer_grad_clip_norm}"
+            )
+        if min(self.scheduler_warmup_steps, self.scheduler_decay_steps) < 0 or self.scheduler_decay_lr < 0:
+            raise ConfigError("scheduler_warmup_steps, scheduler_decay_steps and scheduler_decay_lr must be >= 0")
         if not 0 < self.min_period < self.max_period or not math.isfinite(self.max_period):
             raise ConfigError(f"need 0 < min_period < max_period, got {self.min_period}, {self.max_period}")
         if self.adapt_to_pi_aloha or self.use_delta_joint_actions_aloha:

@@ -13,7 +13,7 @@ from typing import Any
 
 from smolvla.errors import ConfigError
 from smolvla.flags import apply_mapping
-from smolvla.train.config import PolicyArgs, TrainConfig
+from smolvla.train.config import PolicyArgs, TrainConfig, absolute
 
 PAIRS_DIR = "pairs"
 
@@ -53,6 +53,11 @@ class ReflowTrainConfig(TrainConfig):
     def validate(self) -> None:
         self.policy.validate()
         super().validate()
+
+    def resolve_paths(self) -> None:
+        super().resolve_paths()
+        self.policy.teacher_path = absolute(self.policy.teacher_path)
+        self.policy.reflow_pairs = absolute(self.policy.reflow_pairs)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain run saves a plain `TrainConfig` (so `TrainConfig` resumes it); a reflow run its reflow fields."""

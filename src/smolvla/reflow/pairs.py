@@ -30,8 +30,9 @@ from smolvla import streams
 from smolvla.atomic import atomic_directory
 from smolvla.errors import CheckpointError, ConfigError
 from smolvla.keys import TASK_KEY
+from smolvla.model.checkpoint import weights_sha256
 from smolvla.model.config import SmolVLAConfig
-from smolvla.reflow.teacher import load_teacher, solve, teacher_dir, weights_digest
+from smolvla.reflow.teacher import load_teacher, solve, teacher_dir
 from smolvla.train.config import DatasetArgs
 from smolvla.train.data import load_train_data
 from smolvla.train.precision import autocast
@@ -96,7 +97,7 @@ class PairCache:
     def check(self, teacher: Path, dataset: DatasetArgs, seed: int, num_steps: int, student: SmolVLAConfig) -> None:
         """The cache must come from this teacher, ODE step count, dataset split and chunk shape."""
         want = {
-            "teacher_sha256": weights_digest(teacher),
+            "teacher_sha256": weights_sha256(teacher),
             "num_inference_steps": num_steps,
             "seed": seed,
             "dataset": _dataset_signature(dataset),
@@ -175,7 +176,7 @@ def generate_pairs(
         actions.append(torch.stack([x.float().cpu() for x in solved], dim=1))
     meta = {
         "teacher": str(directory.resolve()),
-        "teacher_sha256": weights_digest(directory),
+        "teacher_sha256": weights_sha256(directory),
         "num_inference_steps": num_steps,
         "seed": seed,
         "dataset": _dataset_signature(dataset),

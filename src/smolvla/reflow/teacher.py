@@ -7,7 +7,6 @@ student's device and dtype, and runs under no-grad.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,6 @@ import torch
 from torch import Tensor
 
 from smolvla.errors import ConfigError
-from smolvla.model.checkpoint import WEIGHTS_NAME
 from smolvla.model.config import SmolVLAConfig
 from smolvla.model.rectified_flow import euler_sample
 from smolvla.policy import SmolVLAPolicy
@@ -39,15 +37,6 @@ def check_teacher(teacher: SmolVLAConfig, student: SmolVLAConfig, where: str) ->
         have, want = getattr(teacher, name), getattr(student, name)
         if have != want:
             raise ConfigError(f"teacher {where} has {name}={have}, the student {name}={want}; they must match")
-
-
-def weights_digest(directory: Path) -> str:
-    """sha256 of the teacher's model.safetensors: identifies the teacher a pair cache was solved with."""
-    digest = hashlib.sha256()
-    with open(directory / WEIGHTS_NAME, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_teacher(path: str, device: torch.device | str, dtype: torch.dtype = torch.float32):

@@ -15,11 +15,12 @@ from concurrent import futures
 import grpc
 
 from smolvla.errors import ConfigError
+from smolvla.model.checkpoint import WEIGHTS_NAME, pretrained_dir, weights_sha256
 from smolvla.policy import SmolVLAPolicy
 from smolvla.processors import load_processors
 from smolvla.serve import protocol as proto
 from smolvla.serve.protocol import ProtocolError
-from smolvla.serve.service import PolicyService, ServeConfig
+from smolvla.serve.service import PolicyService, ServeConfig, ServerBusyError
 
 __all__ = ["PolicyServer", "PolicyService", "ServeConfig"]
 
@@ -36,9 +37,11 @@ def _handlers(service: PolicyService, token: str | None):
         def call(payload: bytes, context):
             authorize(context)
             try:
-                return handle(proto.decode(kind, payload)).SerializeToString()
+                return handle(proto.decode(kind, payload), context.is_active).SerializeToString()
             except ProtocolError as e:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            except ServerBusyError as e:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
             except TimeoutError as e:
                 context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
             except Exception as e:
@@ -50,7 +53,7 @@ def _handlers(service: PolicyService, token: str | None):
         proto.SERVICE,
         {
             "Predict": unary(proto.PredictRequest, service.predict),
-            "Info": unary(proto.InfoRequest, lambda _: service.info()),
+            "Info": unary(proto.InfoRequest, lambda _request, _is_active: service.info()),
         },
     )
 
@@ -68,20 +71,42 @@ class PolicyServer:
         self._server = None
         self.port: int | None = None
 
+    def describe(self) -> str:
+        """The startup line: where, how clients authenticate, and which weights answer."""
+        auth = "token required" if self.config.token else "no authentication"
+        tls = "TLS" if self.config.tls_cert else "no TLS"
+        weights = pretrained_dir(self.config.policy_path)
+        sha = weights_sha256(weights)[:12] if (weights / WEIGHTS_NAME).is_file() else "unknown"
+        return f"serving {weights} (weights sha256 {sha}) on {self.config.host}:{self.port} ({auth}, {tls})"
+
     def start(self) -> int:
         limit = int(self.config.max_message_mb * 2**20)
-        options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.config.threads), options=options)
+        options = [
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            # gRPC shares a port between processes by default (SO_REUSEPORT): a second server, perhaps a stale one
+            # with another checkpoint or no token, would silently answer some of the requests. Refuse instead.
+            ("grpc.so_reuseport", 0),
+        ]
+        # gRPC would otherwise queue any number of calls (each holding its message) for the handler threads: beyond
+        # the admitted requests and one per thread for cheap calls (Info), it answers RESOURCE_EXHAUSTED itself.
+        pool = futures.ThreadPoolExecutor(max_workers=self.config.threads)
+        server = grpc.server(
+            pool, options=options, maximum_concurrent_rpcs=self.config.max_pending + self.config.threads
+        )
         server.add_generic_rpc_handlers((_handlers(self.service, self.config.token),))
         address = f"{self.config.host}:{self.config.port}"
-        if self.config.tls_cert:
-            with open(self.config.tls_key, "rb") as key, open(self.config.tls_cert, "rb") as cert:
-                credentials = grpc.ssl_server_credentials([(key.read(), cert.read())])
-            self.port = server.add_secure_port(address, credentials)
-        else:
-            self.port = server.add_insecure_port(address)
+        try:
+            if self.config.tls_cert:
+                with open(self.config.tls_key, "rb") as key, open(self.config.tls_cert, "rb") as cert:
+                    credentials = grpc.ssl_server_credentials([(key.read(), cert.read())])
+                self.port = server.add_secure_port(address, credentials)
+            else:
+                self.port = server.add_insecure_port(address)
+        except RuntimeError:  # grpcio raises where older versions returned 0
+            self.port = 0
         if not self.port:
-            raise ConfigError(f"cannot bind {address}")
+            raise ConfigError(f"cannot listen on {address}: the port is in use (another server?) or not permitted")
         server.start()
         self._server = server
         return self.port

@@ -10,6 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ MAX_TASK_CHARS = 2000
 # Inputs further than this many standard deviations (or ranges) from the training data are refused: they are no
 # robot's reading, and values near float32's limit would overflow inside the network into NaN actions.
 MAX_NORMALIZED = 1e3
+MAX_STEPS = 100
 
 
 @dataclass
@@ -44,6 +46,7 @@ class ServeConfig:
     max_batch: int = 8  # requests answered by one batched inference
     batch_window_ms: float = 2.0  # how long the first waiting request waits for company
     threads: int = 16  # gRPC handler threads (each waiting request holds one)
+    max_pending: int = 16  # requests validated, queued or in inference at once; more are refused (busy)
     request_timeout_s: float = 30.0
     rtc_max_guidance: float = 5.0  # real-time chunking's guidance clip β (requests that send queued actions)
 
@@ -52,8 +55,17 @@ class ServeConfig:
             raise ConfigError("set --policy_path=<a pretrained_model directory> to serve")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("TLS needs both --tls_cert and --tls_key")
-        if self.max_batch < 1 or self.threads < 1 or self.max_message_mb <= 0:
-            raise ConfigError("--max_batch, --threads and --max_message_mb must be positive")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port must be in 0..65535 (0 picks a free one), got {self.port}")
+        positive = {"max_batch": self.max_batch, "threads": self.threads, "max_pending": self.max_pending,
+                    "max_message_mb": self.max_message_mb, "request_timeout_s": self.request_timeout_s}  # fmt: skip
+        for name, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"--{name} must be positive, got {value}")
+        if self.batch_window_ms < 0 or self.rtc_max_guidance <= 0:
+            raise ConfigError("--batch_window_ms must be >= 0 and --rtc_max_guidance > 0")
+        if self.num_steps is not None and not 1 <= self.num_steps <= MAX_STEPS:
+            raise ConfigError(f"--num_steps must be in 1..{MAX_STEPS}, got {self.num_steps}")
 
 
 @dataclass
@@ -65,8 +77,13 @@ class _Pending:
     frozen: int
     enqueued: float
     done: threading.Event
+    is_active: Callable[[], bool]  # False once the client gave up (timed out, cancelled, disconnected)
     reply: Any = None
     error: BaseException | None = None
+
+
+class ServerBusyError(Exception):
+    """Every request slot is taken: the client should back off and retry."""
 
 
 class PolicyService:
@@ -84,6 +101,9 @@ class PolicyService:
         except KeyError:  # a pipeline without normalization: the policy works in robot units
             self._normalize_actions = lambda batch: batch
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
+        # Each admitted request holds a slot from validation until its answer (or abandonment) is handled, so the
+        # memory of waiting requests is bounded by max_pending × max_message_mb whatever the clients do.
+        self._slots = threading.BoundedSemaphore(config.max_pending)
         self._worker = threading.Thread(target=self._serve_batches, name="smolvla-batcher", daemon=True)
         self._worker.start()
 
@@ -152,22 +172,39 @@ class PolicyService:
         return normalized, int(request.frozen_steps)
 
     # --- inference ---
-    def predict(self, request: Any) -> Any:
-        """Validate, wait for a batch slot, return the `PredictReply` (raises ProtocolError on bad input)."""
-        observation = self.observation(request.observation)
-        steps = request.num_steps or self.num_steps
-        if not 1 <= steps <= 100:
-            raise ProtocolError(f"num_steps must be in 1..100, got {steps}")
-        queued, frozen = self.queued_actions(request) if request.HasField("queued_actions") else (None, 0)
-        pending = _Pending(observation, steps, int(request.seed), queued, frozen, time.perf_counter(),
-                           threading.Event())  # fmt: skip
+    def predict(self, request: Any, is_active: Callable[[], bool] = lambda: True) -> Any:
+        """Validate, wait for a batch slot, return the `PredictReply`. Raises ProtocolError on bad input and
+        ServerBusyError when `max_pending` requests are already admitted. `is_active` tells whether the client still
+        waits: a request whose client left is dropped before inference."""
+        if not self._slots.acquire(blocking=False):
+            raise ServerBusyError(f"{self.config.max_pending} requests are already waiting or running; retry later")
+        try:
+            observation = self.observation(request.observation)
+            steps = request.num_steps or self.num_steps
+            if not 1 <= steps <= MAX_STEPS:
+                raise ProtocolError(f"num_steps must be in 1..{MAX_STEPS}, got {steps}")
+            queued, frozen = self.queued_actions(request) if request.HasField("queued_actions") else (None, 0)
+        except BaseException:
+            self._slots.release()
+            raise
+        waiting = threading.Event()
+        abandoned = threading.Event()
+        pending = _Pending(observation, steps, int(request.seed), queued, frozen, time.perf_counter(), waiting,
+                           lambda: not abandoned.is_set() and is_active())  # fmt: skip
         self._queue.put(pending)
-        if not pending.done.wait(self.config.request_timeout_s):
+        if not waiting.wait(self.config.request_timeout_s):
+            abandoned.set()  # the batcher drops it (and frees its slot) if it has not started on it yet
             raise TimeoutError(f"no inference slot within {self.config.request_timeout_s} s")
-        if pending.error is not None:
-            raise pending.error
-        pending.reply.timestep = request.observation.timestep
-        return pending.reply
+        error, reply = pending.error, pending.reply
+        # Break the cycle frame → pending → error → traceback → frame before raising: it would keep this request's
+        # decoded images alive until a full garbage collection, and a server answering many abandoned or bad
+        # requests would grow by their size each time.
+        pending.error = pending.reply = None
+        del pending, observation
+        if error is not None:
+            raise error
+        reply.timestep = request.observation.timestep
+        return reply
 
     def close(self) -> None:
         self._queue.put(None)
@@ -189,9 +226,20 @@ class PolicyService:
                     self._queue.put(None)
                     break
                 group.append(item)
+            for p in group:
+                if not p.is_active():  # its client left: no inference for nobody, and its handler returns now
+                    p.error = TimeoutError("the client left before its request was served")
+                    p.done.set()
+                    self._slots.release()
+            group = [p for p in group if not p.done.is_set()]
             # One inference per step count, RTC-guided requests apart (they cost an extra backward per step).
             for steps, guided in sorted({(p.num_steps, p.queued is not None) for p in group}):
-                self._run([p for p in group if (p.num_steps, p.queued is not None) == (steps, guided)], steps)
+                part = [p for p in group if (p.num_steps, p.queued is not None) == (steps, guided)]
+                try:
+                    self._run(part, steps)
+                finally:
+                    for _ in part:
+                        self._slots.release()
 
     def _preprocess(self, group: list[_Pending]) -> tuple[list[_Pending], dict[str, Any]]:
         """The group's observations through the preprocessor in one batch; a request whose normalized state is

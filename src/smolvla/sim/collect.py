@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from smolvla.data.video import VideoEncoderHangError, VideoSettings
 from smolvla.data.writer import DatasetWriter
 from smolvla.errors import ConfigError
 from smolvla.sim.agents import ExpertAgent
@@ -157,7 +158,12 @@ def collect(config: CollectConfig, progress: bool = True) -> Path:
     short = {task: _successes(outcomes, task) for task in tasks if _successes(outcomes, task) < quota}
     if short:
         raise SimError(f"the expert reached fewer than {quota} successes in {cap} attempts on: {short}")
-    _write_dataset(root, features, fps, tasks, quota, outcomes, staging, record, config.overwrite)
+    try:
+        _write_dataset(root, features, fps, tasks, quota, outcomes, staging, record, config.overwrite)
+    except VideoEncoderHangError as e:  # the watchdog restarts the writer from the staged episodes, once
+        print(f"{e}; rewriting {root} from the staged episodes with H.264 (libx264)", file=sys.stderr)
+        video = VideoSettings(codec="libx264", preset=None)
+        _write_dataset(root, features, fps, tasks, quota, outcomes, staging, record, config.overwrite, video)
     shutil.rmtree(staging, ignore_errors=True)
     return root
 
@@ -172,10 +178,13 @@ def _write_dataset(
     staging: Path,
     record: dict[str, Any],
     overwrite: bool,
+    video: VideoSettings | None = None,
 ) -> None:
     """The first `quota` successful attempts of each task, in task order, as one atomic dataset."""
     episodes_meta = []
-    writer = DatasetWriter(root, fps, features, robot_type="sawyer", overwrite=overwrite)
+    # Built inside the staging directory: a kill during this final write leaves nothing beside the output, and the
+    # next run (which resumes from the staged episodes) removes the half-written dataset.
+    writer = DatasetWriter(root, fps, features, "sawyer", video, overwrite=overwrite, staging=staging)
     try:
         for task in tasks:
             kept = sorted(i for (name, i), ok in outcomes.items() if name == task and ok)[:quota]

@@ -9,6 +9,8 @@ run from the checkpoint's own `train_config.json`; flags may then change only ho
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,10 +20,12 @@ from smolvla.flags import apply_flags, apply_mapping, load_config_file, to_mappi
 from smolvla.model.presets import PRESETS
 from smolvla.train.checkpoint import last_checkpoint, read_train_config
 
-# Settings that may differ between a run and its resumption (everything else must match the checkpoint).
+# Settings that may differ between a run and its resumption (everything else must match the checkpoint): a
+# top-level name covers its whole group.
 RESUMABLE = frozenset(
-    {"steps", "log_freq", "save_freq", "val_freq", "keep_last", "num_workers", "progress", "resume", "config_path"}
-)
+    {"steps", "log_freq", "save_freq", "val_freq", "keep_last", "num_workers", "progress", "resume", "config_path",
+     "dataset.verify"}
+)  # fmt: skip
 
 
 @dataclass
@@ -33,6 +37,7 @@ class DatasetArgs:
     # share of each dataset's training episodes used (1 = all; chosen by seed): bounded replay buffers
     episode_fraction: tuple[float, ...] = ()
     stats_path: str | None = None  # normalize with these statistics (stats.json format) instead of the datasets'
+    verify: bool = True  # cross-check metadata, data files and videos when opening (smolvla check-dataset)
 
 
 @dataclass
@@ -104,6 +109,12 @@ class TrainConfig:
     def validate(self) -> None:
         if not self.dataset.root:
             raise ConfigError("no dataset: set --dataset.root=<local LeRobot dataset directory>")
+        self.resolve_paths()
+        if not 0.0 <= self.dataset.val_fraction < 1.0:
+            raise ConfigError(f"--dataset.val_fraction must be in [0, 1), got {self.dataset.val_fraction}")
+        weights = self.dataset.weights
+        if weights and (any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0):
+            raise ConfigError(f"--dataset.weights must be finite, >= 0 and not all 0, got {list(weights)}")
         if self.dataset.weights and len(self.dataset.weights) != len(self.dataset.root):
             raise ConfigError(
                 f"--dataset.weights has {len(self.dataset.weights)} values for {len(self.dataset.root)} datasets"
@@ -129,6 +140,13 @@ class TrainConfig:
             raise ConfigError(f"--ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.policy.preset not in PRESETS and self.policy.path is None:
             raise ConfigError(f"--policy.preset must be one of {sorted(PRESETS)}, got {self.policy.preset!r}")
+
+    def resolve_paths(self) -> None:
+        """Make every path absolute: the saved run then resumes from any working directory, and one dataset given
+        relatively or absolutely is the same setting."""
+        d, p = self.dataset, self.policy
+        d.root = tuple(absolute(r) for r in d.root)
+        d.stats_path, p.path, p.tokenizer = absolute(d.stats_path), absolute(p.path), absolute(p.tokenizer)
 
     def to_dict(self) -> dict[str, Any]:
         return to_mapping(self)
@@ -163,10 +181,22 @@ def _resumed(config: TrainConfig, argv: list[str]) -> TrainConfig:
     return resumed
 
 
+def absolute(path: str | None) -> str | None:
+    """`path` made absolute against the working directory, symlinks kept (`checkpoints/last` stays `last`)."""
+    return None if path is None else os.path.abspath(os.path.expanduser(path))
+
+
 def check_resumable(saved: dict[str, Any], config: TrainConfig, checkpoint: Path) -> None:
     """Resuming may change only `RESUMABLE` settings; anything else would silently make a different run."""
+    try:  # a run saved before paths were stored absolute: read its relative paths from here, as it did
+        past = apply_mapping(type(config)(), saved)
+        past.resolve_paths()
+        saved = past.to_dict()
+    except ConfigError:
+        pass
     before, after = _flat(saved), _flat(config.to_dict())
-    changed = [k for k in after if k.split(".")[0] not in RESUMABLE and k != "output_dir" and before.get(k) != after[k]]
+    fixed = [k for k in after if k not in RESUMABLE and k.split(".")[0] not in RESUMABLE and k != "output_dir"]
+    changed = [k for k in fixed if before.get(k) != after[k]]
     if changed:
         detail = "; ".join(f"{k}: checkpoint {before.get(k)!r}, now {after[k]!r}" for k in changed)
         raise ConfigError(

@@ -19,6 +19,7 @@ from smolvla.data import LeRobotDataset, MultiLeRobotDataset, WeightedDatasetSam
 from smolvla.data.dataset import chunk_delta_timestamps
 from smolvla.data.meta import DatasetError, read_stats
 from smolvla.data.stats import aggregate_stats
+from smolvla.data.verify import verify_dataset
 from smolvla.train.config import DatasetArgs
 
 
@@ -38,6 +39,8 @@ def load_train_data(args: DatasetArgs, chunk_size: int, seed: int) -> TrainData:
     fractions = args.episode_fraction or (1.0,) * len(args.root)
     for root, fraction in zip(args.root, fractions, strict=True):
         meta = load_meta(root)
+        if args.verify:  # before any training step: a broken dataset is one error here, not a crash mid-run
+            verify_dataset(meta)
         if len(meta.episode_index) == 0 or int(meta.length.sum()) == 0:
             raise DatasetError(f"dataset {root} has no frames to train on")
         if meta.stats is None and not args.stats_path:

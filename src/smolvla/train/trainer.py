@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from smolvla import streams
 from smolvla.data import WeightedDatasetSampler
-from smolvla.errors import ConfigError
+from smolvla.errors import CheckpointError, ConfigError
 from smolvla.keys import TASK_KEY
 from smolvla.policy import SmolVLAPolicy
 from smolvla.processors import load_processors
@@ -219,10 +219,18 @@ class Trainer:
                 self.policy.save_pretrained(directory, processors=(self.pre, self.post))
 
             cfg = self.config
-            with self.ema.swapped() if self.ema is not None else contextlib.nullcontext() as raw_weights:
-                ckpt.save_checkpoint(
-                    self.output_dir, step, write_pretrained, cfg.to_dict(), state, raw_weights, cfg.keep_last
-                )
+            try:
+                with self.ema.swapped() if self.ema is not None else contextlib.nullcontext() as raw_weights:
+                    ckpt.save_checkpoint(
+                        self.output_dir, step, write_pretrained, cfg.to_dict(), state, raw_weights, cfg.keep_last
+                    )
+            except OSError as e:  # disk full, quota, permissions: the half-written step was removed
+                kept = ckpt.checkpoints_dir(self.output_dir) / ckpt.LAST
+                what = f"{kept} still points to the last complete checkpoint" if kept.exists() else "none was kept"
+                raise CheckpointError(
+                    f"cannot write checkpoint {ckpt.step_name(step)} in {ckpt.checkpoints_dir(self.output_dir)}: "
+                    f"{e.strerror or e}; {what} (resume from it with --resume=true once there is room)"
+                ) from e
         self.accelerator.wait_for_everyone()
 
 
