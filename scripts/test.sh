@@ -4,5 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev,sim
 export OMP_WAIT_POLICY=PASSIVE
+export HF_HUB_OFFLINE=1  # the demo and the tests never touch the network (hub ids resolve from the local cache only)
 .venv/bin/ruff check src tests benchmarks
 .venv/bin/python -m pytest -q "$@"

@@ -1,8 +1,12 @@
 """Shared test setup: two cores (threads pinned, passive OpenMP waits) and small builders of policies and batches."""
 
 import os
+import tempfile
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# No test may touch the network: hub ids resolve from a cache the tests fabricate, never from the developer's own.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="smolvla-test-hf-cache-")
 
 from pathlib import Path
 

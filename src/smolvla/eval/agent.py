@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from smolvla.errors import ConfigError
+from smolvla.errors import CheckpointError, ConfigError
 from smolvla.keys import EMPTY_CAMERA_PREFIX, IMAGE_PREFIX, STATE_KEY, TASK_KEY
+from smolvla.model.checkpoint import pretrained_dir
 from smolvla.policy import SmolVLAPolicy
 from smolvla.processors import ImagesToFloat, load_processors
 from smolvla.sim.agents import ExpertAgent, RandomAgent
@@ -94,6 +95,8 @@ class AgentFactory:
             return ExpertAgent(self.noise_std)
         if self.path == "random":
             return RandomAgent()
-        if not Path(self.path).exists():
-            raise ConfigError(f"--policy.path={self.path!r} is neither {BUILTIN_AGENTS} nor an existing checkpoint")
-        return SmolVLAAgent.from_pretrained(self.path, self.device, self.num_steps)
+        try:
+            directory = pretrained_dir(self.path)  # a local checkpoint, or a hub id through the cache
+        except CheckpointError as e:
+            raise ConfigError(f"--policy.path={self.path!r} is neither {BUILTIN_AGENTS} nor a checkpoint: {e}") from e
+        return SmolVLAAgent.from_pretrained(directory, self.device, self.num_steps)

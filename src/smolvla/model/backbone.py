@@ -1,8 +1,9 @@
-"""Where the VLM backbone's architecture comes from, without ever downloading anything.
+"""Where the VLM backbone's architecture comes from.
 
 A LeRobot config names its backbone by `vlm_model_name`, normally a hub id. smolvla resolves it, in order, from an
 explicit override, a local directory (absolute, or relative to the checkpoint directory, as in a self-contained
-checkpoint), or a built-in preset of known backbones. Only the architecture is taken (config.json and the ids of the
+checkpoint), a built-in preset of known backbones (no download needed), or the Hugging Face cache (`smolvla.hub`).
+Only the architecture is taken (config.json and the ids of the
 image special tokens); the weights always come from the policy's own `model.safetensors`.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 from tokenizers import Tokenizer
 from transformers import SmolVLMConfig
 
+from smolvla import hub
 from smolvla.errors import ConfigError
 
 SMOLVLM2_500M = "HuggingFaceTB/SmolVLM2-500M-Video-Instruct"
@@ -188,6 +190,11 @@ def resolve_backbone(
     if vlm_model_name in BACKBONE_PRESETS:
         config, ids = BACKBONE_PRESETS[vlm_model_name]
         return Backbone(copy.deepcopy(config), ids[FAKE_IMAGE_TOKEN], ids[GLOBAL_IMAGE_TOKEN])
+    if hub.is_repo_id(vlm_model_name):  # another backbone named by hub id: its config.json from the cache
+        try:
+            return load_backbone_directory(hub.resolve(vlm_model_name), need_special_ids)
+        except hub.HubError as e:
+            raise ConfigError(f"cannot resolve backbone {vlm_model_name!r}: {e}") from e
     raise ConfigError(
         f"cannot resolve backbone {vlm_model_name!r}: not a local directory with config.json "
         f"(looked in {[str(c) for c in candidates]}) and not a built-in preset {sorted(BACKBONE_PRESETS)}; "

@@ -26,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from smolvla import hub
 from smolvla.atomic import atomic_directory
 from smolvla.errors import CheckpointError
 from smolvla.model.backbone import BACKBONE_PRESETS, Backbone
@@ -44,11 +45,13 @@ def _list(keys: list[str], limit: int = 20) -> str:
 
 
 def pretrained_dir(path: str | Path) -> Path:
-    """The `pretrained_model/` directory `path` means: `path` itself, or its `pretrained_model/` child when `path`
-    is a checkpoint step. The path must exist; whether it holds a policy is the reader's check."""
-    directory = Path(path)
-    if not directory.exists():
-        raise CheckpointError(f"{path} does not exist")
+    """The `pretrained_model/` directory `path` means: a local directory, or a Hugging Face repo id resolved through
+    the cache (`smolvla.hub`); itself, or its `pretrained_model/` child when it is a checkpoint step. Whether it
+    holds a policy is the reader's check."""
+    try:
+        directory = hub.resolve(path)
+    except hub.HubError as e:
+        raise CheckpointError(str(e)) from e
     nested = directory / PRETRAINED_MODEL
     return nested if not (directory / CONFIG_NAME).is_file() and nested.is_dir() else directory
 

@@ -94,7 +94,7 @@ class SmolVLAConfig:
     scheduler_decay_lr: float = 2.5e-6
     # --- architecture ---
     vlm_model_name: str = "HuggingFaceTB/SmolVLM2-500M-Video-Instruct"
-    # Kept for config compatibility only: smolvla never downloads, backbone weights come from model.safetensors.
+    # Kept for config compatibility only: backbone weights always come from the policy's model.safetensors.
     load_vlm_weights: bool = False
     add_image_special_tokens: bool = False
     attention_mode: str = "cross_attn"

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from smolvla import hub
 from smolvla.errors import BatchError, CheckpointError, ConfigError
 from smolvla.keys import LANG_MASK, LANG_TOKENS, TASK_KEY
 from smolvla.processors.pipeline import Batch, ProcessorStep
@@ -189,17 +190,23 @@ class Tokenize(ProcessorStep):
 
     @classmethod
     def from_config(cls, config: dict[str, Any], state: dict[str, Any], directory: Path | None) -> Tokenize:
-        """The tokenizer comes from the pipeline's directory, else from `tokenizer_name` as a local directory."""
+        """The tokenizer comes from the pipeline's directory, else from `tokenizer_name`: a local directory, or a
+        Hugging Face repo id resolved through the cache (what lerobot-train writes: the backbone's id)."""
         name = config.get("tokenizer_name", "")
         candidates = [d for d in (directory, Path(name) if name else None) if d is not None]
+        hub_problem = ""
+        if name and hub.is_repo_id(name):
+            try:
+                candidates.append(hub.resolve(name))
+            except hub.HubError as e:
+                hub_problem = f"; {e}"
         for candidate in candidates:
             if (candidate / TOKENIZER_FILE).is_file():
                 tokenizer = TaskTokenizer.from_directory(candidate)
                 break
         else:
             raise CheckpointError(
-                f"tokenizer {name!r} not found: no {TOKENIZER_FILE} in {[str(c) for c in candidates]}; smolvla never "
-                "downloads, so copy the tokenizer files into the checkpoint directory"
+                f"tokenizer {name!r} not found: no {TOKENIZER_FILE} in {[str(c) for c in candidates]}{hub_problem}"
             )
         kwargs = {k: v for k, v in config.items() if k != "tokenizer_name"}
         try:

@@ -227,7 +227,7 @@ class PolicyService:
                     break
                 group.append(item)
             for p in group:
-                if not p.is_active():  # its client left: no inference for nobody, and its handler returns now
+                if not p.is_active():  # its client left: skip the inference, and let its handler return now
                     p.error = TimeoutError("the client left before its request was served")
                     p.done.set()
                     self._slots.release()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from smolvla import hub
 from smolvla.data.meta import DatasetError
 from smolvla.errors import CheckpointError, ConfigError
 from smolvla.keys import ACTION_KEY, EMPTY_CAMERA_PREFIX, STATE_KEY
@@ -17,7 +18,7 @@ from smolvla.model.checkpoint import CONFIG_NAME, pretrained_dir
 from smolvla.model.config import SmolVLAConfig
 from smolvla.model.presets import preset_config
 from smolvla.policy import SmolVLAPolicy
-from smolvla.processors import TaskTokenizer, make_processors
+from smolvla.processors import TaskTokenizer, Tokenize, load_processors, make_processors
 from smolvla.processors.language import TOKENIZER_FILE
 from smolvla.train.config import PolicyArgs
 from smolvla.train.data import TrainData
@@ -62,7 +63,7 @@ def policy_dir(path: str, flag: str = "--policy.path") -> Path:
     try:
         directory = pretrained_dir(path)
     except CheckpointError as e:
-        raise ConfigError(f"{flag}={path!r} does not exist") from e
+        raise ConfigError(f"{flag}={path!r}: {e}") from e
     if not (directory / CONFIG_NAME).is_file():
         raise ConfigError(f"{flag}={path!r} is not a pretrained_model directory: no {CONFIG_NAME}")
     return directory
@@ -78,17 +79,24 @@ def planned_chunk_size(args: PolicyArgs) -> int:
 
 
 def make_tokenizer(args: PolicyArgs, tasks: list[str]) -> TaskTokenizer:
-    """--policy.tokenizer, else the checkpoint's tokenizer, else a small BPE learnt from the dataset's instructions."""
-    source = args.tokenizer or (str(policy_dir(args.path)) if args.path else None)
-    if source is None:
+    """--policy.tokenizer (a directory or hub id), else the checkpoint's tokenizer (its own tokenizer.json, or the one
+    its preprocessor names, e.g. the backbone's hub id as lerobot-train writes it), else a small BPE learnt from the
+    dataset's instructions."""
+    if args.tokenizer:
+        try:
+            source = hub.resolve(args.tokenizer)
+        except hub.HubError as e:
+            raise ConfigError(f"--policy.tokenizer: {e}") from e
+        if not (source / TOKENIZER_FILE).is_file():
+            raise ConfigError(f"--policy.tokenizer={args.tokenizer!r} has no {TOKENIZER_FILE} (looked in {source})")
+        return TaskTokenizer.from_directory(source)
+    if args.path is None:
         return TaskTokenizer.train(tasks)
-    if not (Path(source) / TOKENIZER_FILE).is_file():
-        flag = "--policy.tokenizer" if args.tokenizer else "--policy.path"
-        raise ConfigError(
-            f"{flag}={source!r} has no {TOKENIZER_FILE}; point --policy.tokenizer at a directory holding the "
-            "backbone's tokenizer files (smolvla never downloads them)"
-        )
-    return TaskTokenizer.from_directory(source)
+    directory = policy_dir(args.path)
+    if (directory / TOKENIZER_FILE).is_file():
+        return TaskTokenizer.from_directory(directory)
+    pre, _ = load_processors(directory)
+    return pre.step(Tokenize).tokenizer
 
 
 def build_policy(args: PolicyArgs, data: TrainData) -> SmolVLAPolicy:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from smolvla import hub
 from smolvla.errors import ConfigError
 from smolvla.flags import apply_flags, apply_mapping, load_config_file, to_mapping
 from smolvla.model.presets import PRESETS
@@ -31,6 +32,7 @@ RESUMABLE = frozenset(
 @dataclass
 class DatasetArgs:
     root: tuple[str, ...] = ()  # local LeRobot dataset directories (comma-separated for several)
+    repo_id: tuple[str, ...] = ()  # Hugging Face dataset ids, from the cache (or downloaded); --dataset.root wins
     weights: tuple[float, ...] = ()  # sampling proportion per dataset; empty = proportional to their frames
     val_fraction: float = 0.1  # share of each dataset's episodes held out for the validation loss
     cache_frames: bool = False  # decode all camera frames into RAM once (small datasets: much faster epochs)
@@ -107,8 +109,13 @@ class TrainConfig:
     config_path: str | None = None  # YAML/JSON settings applied before the other flags
 
     def validate(self) -> None:
+        if not self.dataset.root and self.dataset.repo_id:
+            try:
+                self.dataset.root = tuple(str(hub.resolve(r, repo_type="dataset")) for r in self.dataset.repo_id)
+            except hub.HubError as e:
+                raise ConfigError(f"--dataset.repo_id: {e}") from e
         if not self.dataset.root:
-            raise ConfigError("no dataset: set --dataset.root=<local LeRobot dataset directory>")
+            raise ConfigError("no dataset: set --dataset.root=<local LeRobot dataset> or --dataset.repo_id=<org/name>")
         self.resolve_paths()
         if not 0.0 <= self.dataset.val_fraction < 1.0:
             raise ConfigError(f"--dataset.val_fraction must be in [0, 1), got {self.dataset.val_fraction}")
@@ -182,8 +189,11 @@ def _resumed(config: TrainConfig, argv: list[str]) -> TrainConfig:
 
 
 def absolute(path: str | None) -> str | None:
-    """`path` made absolute against the working directory, symlinks kept (`checkpoints/last` stays `last`)."""
-    return None if path is None else os.path.abspath(os.path.expanduser(path))
+    """`path` made absolute against the working directory, symlinks kept (`checkpoints/last` stays `last`); a
+    Hugging Face repo id (`org/name`, not a local path) stays an id."""
+    if path is None or hub.is_repo_id(path):
+        return path
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def check_resumable(saved: dict[str, Any], config: TrainConfig, checkpoint: Path) -> None:
