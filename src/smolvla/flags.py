@@ -8,6 +8,7 @@ is one clear error listing what is valid, never a silently ignored setting.
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from typing import Any
@@ -53,6 +54,14 @@ def parse_value(text: str, kind: Any, where: str) -> Any:
         return tuple(parse_value(part.strip(), item, where) for part in text.split(",") if part.strip())
     if origin is list:
         return [parse_value(part.strip(), args[0], where) for part in text.split(",") if part.strip()]
+    if origin is dict:  # LeRobot's JSON form: --rename_map='{"observation.images.top": "observation.images.camera1"}'
+        try:
+            value = json.loads(text) if text.strip() else {}
+        except json.JSONDecodeError:
+            value = None
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise ConfigError(f"--{where}: expected a JSON object of strings, e.g. '{{\"a\": \"b\"}}', got {text!r}")
+        return value
     try:
         if kind is bool:
             if text.lower() in _TRUE | _FALSE:
@@ -142,7 +151,9 @@ def apply_mapping(config: Any, values: dict[str, Any], prefix: str = "") -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"config {prefix or 'file'} must be a mapping of settings, got {type(values).__name__}")
     for key, value in values.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and typing.get_origin(_fields(type(config)).get(key)) is dict:
+            set_field(config, str(key), json.dumps(value), prefix)  # a mapping-valued setting, not a group
+        elif isinstance(value, dict):
             if key not in _fields(type(config)):
                 set_field(config, str(key), "", prefix)  # raises the unknown-flag error listing valid names
             nested = getattr(config, key)

@@ -17,7 +17,7 @@ from smolvla.errors import CheckpointError, ConfigError
 from smolvla.keys import EMPTY_CAMERA_PREFIX, IMAGE_PREFIX, STATE_KEY, TASK_KEY
 from smolvla.model.checkpoint import pretrained_dir
 from smolvla.policy import SmolVLAPolicy
-from smolvla.processors import ImagesToFloat, load_processors
+from smolvla.processors import ImagesToFloat, RenameObservations, load_processors
 from smolvla.sim.agents import ExpertAgent, RandomAgent
 
 BUILTIN_AGENTS = ("expert", "random")
@@ -26,28 +26,41 @@ BUILTIN_AGENTS = ("expert", "random")
 class SmolVLAAgent:
     """A policy plus its processors, acting on `MetaWorldEnv` observations (or any env with the same keys)."""
 
-    def __init__(self, policy, preprocessor, postprocessor):
+    def __init__(self, policy, preprocessor, postprocessor, rename_map: dict[str, str] | None = None):
+        """`rename_map` (env key → the key the checkpoint's preprocessor expects, `--rename_map`) points a policy
+        trained on other camera names at the env's cameras; the checkpoint's own renames (from training) apply
+        after it."""
         self.policy = policy.eval()
         self.preprocessor, self.postprocessor = preprocessor, postprocessor
-        self.cameras = {
-            key: key.removeprefix(IMAGE_PREFIX)
-            for key in policy.config.image_features
-            if not key.startswith(EMPTY_CAMERA_PREFIX)
-        }
+        self.rename = RenameObservations(rename_map)
+        try:
+            saved = preprocessor.step(RenameObservations).rename_map
+        except KeyError:
+            saved = {}
+        expects = {policy_key: robot_key for robot_key, policy_key in saved.items()}  # checkpoint → its robot's
+        env_key = {expected: key for key, expected in self.rename.rename_map.items()}
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        for key, feature in policy.config.image_features.items():
+            if not key.startswith(EMPTY_CAMERA_PREFIX):
+                robot_key = expects.get(key, key)
+                self._shapes[env_key.get(robot_key, robot_key)] = feature.shape
+        self.cameras = {key: key.removeprefix(IMAGE_PREFIX) for key in self._shapes}  # env key → env camera
         self.new_chunk = True
         self.to_float = ImagesToFloat()
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str = "cpu", num_steps: int | None = None) -> SmolVLAAgent:
+    def from_pretrained(
+        cls, path: str | Path, device: str = "cpu", num_steps: int | None = None, rename_map: dict | None = None
+    ) -> SmolVLAAgent:
         policy = SmolVLAPolicy.from_pretrained(path, device=device)
         if num_steps is not None:
             policy.config.num_steps = int(num_steps)
-        return cls(policy, *load_processors(path, device=device))
+        return cls(policy, *load_processors(path, device=device), rename_map=rename_map)
 
     @property
     def image_size(self) -> int | None:
         """Side of the (square) camera images the policy was trained on, if it has cameras."""
-        shapes = {tuple(self.policy.config.image_features[k].shape[1:]) for k in self.cameras}
+        shapes = {tuple(shape[1:]) for shape in self._shapes.values()}
         if len(shapes) != 1:
             return None
         height, width = shapes.pop()
@@ -60,12 +73,12 @@ class SmolVLAAgent:
     def select_action(self, observation: dict[str, Any]) -> np.ndarray:
         # Observations are only read when a new chunk is due: the other calls dequeue, so skip their preprocessing.
         self.new_chunk = self.policy.will_predict
-        batch = self.preprocessor(self.to_float(self._batch(observation))) if self.new_chunk else {}
+        batch = self.preprocessor(self.rename(self.to_float(self._batch(observation)))) if self.new_chunk else {}
         action = self.policy.select_action(batch)
         return self.postprocessor({"action": action})["action"][0].numpy()
 
     def _batch(self, observation: dict[str, Any]) -> dict[str, Any]:
-        """The env's observation under the policy's keys, frames still raw uint8."""
+        """The env's observation under its own keys (renamed next), frames still raw uint8."""
         pixels = observation.get("pixels", {})
         batch: dict[str, Any] = {
             STATE_KEY: torch.as_tensor(observation["agent_pos"], dtype=torch.float32),
@@ -74,8 +87,8 @@ class SmolVLAAgent:
         for key, camera in self.cameras.items():
             if camera not in pixels:
                 raise ConfigError(
-                    f"the policy needs camera {camera!r} ({key}); the env renders {sorted(pixels)}: "
-                    f"set --env.cameras to include it"
+                    f"the policy needs camera {camera!r} ({key}); the env renders {sorted(pixels)}: set "
+                    f"--env.cameras to include it, or map an env camera onto it with --rename_map"
                 )
             batch[key] = pixels[camera]
         return batch
@@ -89,6 +102,7 @@ class AgentFactory:
     device: str = "cpu"
     num_steps: int | None = None
     noise_std: float = 0.0
+    rename_map: tuple[tuple[str, str], ...] = ()  # env key → checkpoint key (a tuple: the recipe stays hashable)
 
     def __call__(self) -> Any:
         if self.path == "expert":
@@ -99,4 +113,4 @@ class AgentFactory:
             directory = pretrained_dir(self.path)  # a local checkpoint, or a hub id through the cache
         except CheckpointError as e:
             raise ConfigError(f"--policy.path={self.path!r} is neither {BUILTIN_AGENTS} nor a checkpoint: {e}") from e
-        return SmolVLAAgent.from_pretrained(directory, self.device, self.num_steps)
+        return SmolVLAAgent.from_pretrained(directory, self.device, self.num_steps, dict(self.rename_map))

@@ -48,6 +48,8 @@ class EvalConfig:
     eval: EvalLoop = field(default_factory=EvalLoop)
     seed: int = EVAL_SEED
     output_dir: str = "outputs/eval"
+    # env key → the key the checkpoint expects, LeRobot's JSON form: '{"observation.images.corner2": "...camera1"}'
+    rename_map: dict[str, str] = field(default_factory=dict)
 
 
 def _mean(values: list[float]) -> float | None:
@@ -135,7 +137,8 @@ def run_evaluation(
 def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     """The `smolvla eval` job: resolve the agent and env, run, and write JSON, chart and videos."""
     tasks = resolve_tasks(config.env.task)
-    factory = AgentFactory(config.policy.path, config.policy.device, config.policy.num_steps)
+    factory = AgentFactory(config.policy.path, config.policy.device, config.policy.num_steps,
+                           rename_map=tuple(config.rename_map.items()))  # fmt: skip
     env = dataclasses.replace(config.env)
     if config.policy.path not in ("expert", "random"):
         agent = factory()  # load once here to read the cameras and image size it was trained with

@@ -52,6 +52,11 @@ class ReflowTrainConfig(TrainConfig):
 
     def validate(self) -> None:
         self.policy.validate()
+        if self.policy.use_reflow and self.rename_map:
+            raise ConfigError(
+                "--rename_map is not supported with reflow: the student reads its teacher's batches, named as the "
+                "teacher was trained"
+            )
         super().validate()
 
     def resolve_paths(self) -> None:

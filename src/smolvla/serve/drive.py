@@ -40,6 +40,8 @@ class RunClientConfig:
     seed: int = 5000  # metaworld: episode i starts from seed + i
     num_steps: int = 0  # denoising steps the server runs (0 = the policy's)
     output_dir: str | None = None  # writes client_stats.json here
+    # robot key → the server's key, LeRobot's JSON form: which of the robot's cameras feeds each served one
+    rename_map: dict[str, str] = field(default_factory=dict)
     client: ClientConfig = field(default_factory=ClientConfig)
 
     def validate(self) -> None:
@@ -58,7 +60,12 @@ def make_robot(config: RunClientConfig, info: Any):
         return ReplayRobot(config.dataset_root, config.replay_episode)
     from smolvla.sim.robot import MetaWorldRobot  # the optional `sim` extra: a replayed robot does not need it
 
-    cameras = {f.name: f.name.removeprefix(IMAGE_PREFIX) for f in info.features if f.name.startswith(IMAGE_PREFIX)}
+    robot_key = {served: key for key, served in config.rename_map.items()}
+    cameras = {  # served key → the Meta-World camera rendered for it
+        f.name: robot_key.get(f.name, f.name).removeprefix(IMAGE_PREFIX)
+        for f in info.features
+        if f.name.startswith(IMAGE_PREFIX)
+    }
     if not cameras:
         raise ConfigError("the served policy expects no camera: Meta-World needs one")
     size = next(f.shape[0] for f in info.features if f.name in cameras)

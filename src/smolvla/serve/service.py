@@ -11,7 +11,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,7 +20,7 @@ import torch
 from smolvla.errors import ConfigError
 from smolvla.keys import ACTION_KEY, EMPTY_CAMERA_PREFIX, STATE_KEY, TASK_KEY
 from smolvla.model.rectified_flow import Inpainting
-from smolvla.processors import ImagesToFloat, Normalize
+from smolvla.processors import ImagesToFloat, Normalize, RenameObservations
 from smolvla.serve import protocol as proto
 from smolvla.serve.protocol import ProtocolError
 
@@ -49,6 +49,8 @@ class ServeConfig:
     max_pending: int = 16  # requests validated, queued or in inference at once; more are refused (busy)
     request_timeout_s: float = 30.0
     rtc_max_guidance: float = 5.0  # real-time chunking's guidance clip β (requests that send queued actions)
+    # robot key → the key the checkpoint expects, LeRobot's JSON form: lets robots keep their own camera names
+    rename_map: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
         if not self.policy_path:
@@ -92,7 +94,25 @@ class PolicyService:
     def __init__(self, policy, preprocessor, postprocessor, config: ServeConfig):
         self.policy, self.pre, self.post, self.config = policy.eval(), preprocessor, postprocessor, config
         cfg = policy.config
-        self.cameras = [k for k in cfg.image_features if not k.startswith(EMPTY_CAMERA_PREFIX)]
+        # The robot speaks the names the checkpoint's preprocessor renames from (`--rename_map` at training): its
+        # requests are checked, and `Info` answered, in those names.
+        # `--rename_map` applies first, then the checkpoint's own renames.
+        try:
+            saved = preprocessor.step(RenameObservations).rename_map
+        except KeyError:
+            saved = {}
+        self.rename = RenameObservations(config.rename_map)
+        expects = {policy_key: key for key, policy_key in saved.items()}
+        robot = {expected: key for key, expected in config.rename_map.items()}
+
+        def robot_name(policy_key: str) -> str:
+            expected = expects.get(policy_key, policy_key)
+            return robot.get(expected, expected)
+
+        policy_cameras = [k for k in cfg.image_features if not k.startswith(EMPTY_CAMERA_PREFIX)]
+        self.cameras = [robot_name(k) for k in policy_cameras]
+        self.camera_shapes = {robot_name(k): cfg.image_features[k].shape for k in policy_cameras}
+        self.state_key = robot_name(STATE_KEY)
         self.state_dim = cfg.state_dim
         self.num_steps = config.num_steps or cfg.num_steps
         self.to_float = ImagesToFloat()
@@ -109,9 +129,9 @@ class PolicyService:
 
     # --- schema ---
     def info(self) -> Any:
-        features = [proto.Feature(name=STATE_KEY, dtype="float32", shape=[self.state_dim])]
+        features = [proto.Feature(name=self.state_key, dtype="float32", shape=[self.state_dim])]
         for key in self.cameras:
-            _, height, width = self.policy.config.image_features[key].shape
+            _, height, width = self.camera_shapes[key]
             features.append(proto.Feature(name=key, dtype="uint8", shape=[height, width, 3]))
         return proto.PolicyInfo(
             features=features,
@@ -130,21 +150,23 @@ class PolicyService:
             if tensor.name in tensors:
                 raise ProtocolError(f"tensor {tensor.name!r} appears twice")
             tensors[tensor.name] = proto.decode_tensor(tensor)
-        expected = {STATE_KEY, *self.cameras}
+        expected = {self.state_key, *self.cameras}
         missing, unknown = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
         if missing or unknown:
             raise ProtocolError(f"observation tensors: missing {missing}, unexpected {unknown}; expected "
                                 f"{sorted(expected)}")  # fmt: skip
-        state = tensors[STATE_KEY]
+        state = tensors[self.state_key]
         if state.dtype != np.float32 or state.shape != (self.state_dim,):
-            raise ProtocolError(f"{STATE_KEY}: expected float32 ({self.state_dim},), got {state.dtype} {state.shape}")
+            raise ProtocolError(
+                f"{self.state_key}: expected float32 ({self.state_dim},), got {state.dtype} {state.shape}"
+            )
         if not np.isfinite(state).all():
-            raise ProtocolError(f"{STATE_KEY} contains NaN or Inf")
+            raise ProtocolError(f"{self.state_key} contains NaN or Inf")
         if not message.task or len(message.task) > MAX_TASK_CHARS:
             raise ProtocolError(
                 f"the task instruction must have 1..{MAX_TASK_CHARS} characters, got {len(message.task)}"
             )
-        out: dict[str, Any] = {STATE_KEY: torch.from_numpy(state.copy()), TASK_KEY: message.task}
+        out: dict[str, Any] = {self.state_key: torch.from_numpy(state.copy()), TASK_KEY: message.task}
         for key in self.cameras:
             image = tensors[key]
             if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
@@ -247,13 +269,13 @@ class PolicyService:
         actions) is answered with an error and dropped from the batch."""
         raw = {k: torch.stack([p.observation[k] for p in group]) for k in group[0].observation if k != TASK_KEY}
         raw[TASK_KEY] = [p.observation[TASK_KEY] for p in group]
-        batch = self.pre(self.to_float(raw))
+        batch = self.pre(self.rename(self.to_float(raw)))
         far = (batch[STATE_KEY].abs().amax(dim=-1) > MAX_NORMALIZED).tolist()
         if not any(far):
             return group, batch
         for p, bad in zip(group, far, strict=True):
             if bad:
-                p.error = ProtocolError(_too_far(STATE_KEY, p.observation[STATE_KEY].numpy()))
+                p.error = ProtocolError(_too_far(self.state_key, p.observation[self.state_key].numpy()))
                 p.done.set()
         keep = [i for i, bad in enumerate(far) if not bad]
         batch = {k: v[keep] if isinstance(v, torch.Tensor) else [v[i] for i in keep] for k, v in batch.items()}

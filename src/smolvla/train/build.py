@@ -7,6 +7,7 @@ trained with; a mismatch is an error naming both sides, not a crash deep inside 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +44,14 @@ def check_compatible(policy: SmolVLAPolicy, features: dict[str, dict[str, Any]])
     """The dataset provides the policy's state and action widths and all of its (non-placeholder) cameras."""
     inputs, outputs = policy_features(features)
     cfg = policy.config
-    dataset_cams = sorted(k for k in inputs if k != STATE_KEY)
+    dataset_cams = [k for k in inputs if k != STATE_KEY]
     missing = [k for k in cfg.image_features if not k.startswith(EMPTY_CAMERA_PREFIX) and k not in inputs]
     if missing:
+        unused = [k for k in dataset_cams if k not in cfg.image_features]
+        fix = json.dumps(dict(zip(unused, missing, strict=False)))
         raise DatasetError(
-            f"the dataset lacks the policy's cameras {missing}; it has {dataset_cams} "
-            "(rename the dataset's camera keys, or train a new policy on these cameras)"
+            f"the dataset lacks the policy's cameras {missing}; it has {sorted(dataset_cams)}: map the dataset's "
+            f"names onto the policy's with --rename_map='{fix}' (check the pairing), or train a new policy"
         )
     for key, want, have in (
         (STATE_KEY, cfg.state_dim, inputs[STATE_KEY]),
@@ -122,4 +125,4 @@ def build_processors(policy: SmolVLAPolicy, tokenizer: TaskTokenizer, data: Trai
     vocab = policy.vocab_size
     if tokenizer.vocab_size > vocab:
         raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} tokens, more than the model's {vocab} embeddings")
-    return make_processors(policy.config, data.stats, tokenizer, device=device)
+    return make_processors(policy.config, data.stats, tokenizer, rename_map=data.rename_map, device=device)

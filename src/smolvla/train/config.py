@@ -21,6 +21,7 @@ from smolvla.flags import apply_flags, apply_mapping, load_config_file, to_mappi
 from smolvla.model.presets import PRESETS
 from smolvla.train.checkpoint import last_checkpoint, read_train_config
 
+MAPPING_SETTINGS = ("rename_map",)
 # Settings that may differ between a run and its resumption (everything else must match the checkpoint): a
 # top-level name covers its whole group.
 RESUMABLE = frozenset(
@@ -107,6 +108,9 @@ class TrainConfig:
     progress: bool = True  # tqdm progress bar
     resume: bool = False
     config_path: str | None = None  # YAML/JSON settings applied before the other flags
+    # Dataset key → policy key, LeRobot's JSON form ('{"observation.images.top": "observation.images.camera1"}'):
+    # the policy is built (or checked) with the new names, and the saved preprocessor renames the robot's own.
+    rename_map: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
         if not self.dataset.root and self.dataset.repo_id:
@@ -216,9 +220,10 @@ def check_resumable(saved: dict[str, Any], config: TrainConfig, checkpoint: Path
 
 
 def _flat(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted settings; a mapping-valued setting (`rename_map`) is one value, compared whole."""
     out = {}
     for key, value in mapping.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and key not in MAPPING_SETTINGS:
             out.update(_flat(value, f"{prefix}{key}."))
         else:
             out[prefix + key] = list(value) if isinstance(value, tuple) else value

@@ -28,13 +28,17 @@ class TrainData:
     train: MultiLeRobotDataset
     val: MultiLeRobotDataset | None
     tasks: list[str]  # every task string of every dataset, in a fixed order (per-task loss ids)
-    stats: dict  # normalization statistics over all datasets
-    features: dict  # LeRobot feature specs of the first dataset (all must agree)
+    stats: dict  # normalization statistics over all datasets, under the policy's names
+    features: dict  # LeRobot feature specs of the first dataset (all must agree), under the policy's names
+    rename_map: dict[str, str]  # dataset key → policy key; the items keep the dataset's keys (the processors rename)
 
 
-def load_train_data(args: DatasetArgs, chunk_size: int, seed: int) -> TrainData:
+def load_train_data(
+    args: DatasetArgs, chunk_size: int, seed: int, rename_map: dict[str, str] | None = None
+) -> TrainData:
     """Open every dataset, hold out `val_fraction` of each one's episodes (then keep `episode_fraction` of the rest),
-    and merge their statistics (or read the fixed ones of `stats_path`)."""
+    and merge their statistics (or read the fixed ones of `stats_path`); features and statistics under the names
+    `rename_map` gives them."""
     train, val, stats, tasks = [], [], [], []
     fractions = args.episode_fraction or (1.0,) * len(args.root)
     for root, fraction in zip(args.root, fractions, strict=True):
@@ -53,13 +57,30 @@ def load_train_data(args: DatasetArgs, chunk_size: int, seed: int) -> TrainData:
             val.append(LeRobotDataset(root, val_eps, delta, cache_frames=args.cache_frames))
         stats.append(meta.stats)
         tasks += [t for t in meta.tasks if t not in tasks]
+    rename_map = dict(rename_map or {})
+    features = renamed(train[0].meta.features, rename_map, f"dataset {args.root[0]}")
+    merged = read_stats(args.stats_path) if args.stats_path else _merge(stats)
     return TrainData(
         train=MultiLeRobotDataset(train),
         val=MultiLeRobotDataset(val) if val else None,
         tasks=tasks,
-        stats=read_stats(args.stats_path) if args.stats_path else _merge(stats),
-        features=train[0].meta.features,
+        stats={rename_map.get(k, k): v for k, v in merged.items()},
+        features=features,
+        rename_map=rename_map,
     )
+
+
+def renamed(features: dict[str, dict], rename_map: dict[str, str], where: str) -> dict[str, dict]:
+    """`features` under the names `rename_map` gives them: a source it lacks or a target it already has (and keeps)
+    is an error naming both."""
+    for source, target in rename_map.items():
+        if source not in features:
+            raise DatasetError(
+                f"--rename_map renames {source!r}, which the {where} does not have; it has {sorted(features)}"
+            )
+        if target in features and target not in rename_map:
+            raise DatasetError(f"--rename_map renames {source!r} onto {target!r}, which the {where} already has")
+    return {rename_map.get(k, k): v for k, v in features.items()}
 
 
 def _merge(stats: list[dict]) -> dict:
