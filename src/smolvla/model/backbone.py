@@ -10,6 +10,7 @@ image special tokens); the weights always come from the policy's own `model.safe
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +111,7 @@ class Backbone:
     fake_image_token_id: int
     global_image_token_id: int
     directory: Path | None = None
+    repo_id: str | None = None  # resolved from the Hugging Face cache: checkpoints keep naming it by this id
 
     def transformers_config(self, num_text_layers: int | None = None):
         """The `transformers.SmolVLMConfig`, keeping only the text layers SmolVLA uses (the rest are never built)."""
@@ -192,7 +194,8 @@ def resolve_backbone(
         return Backbone(copy.deepcopy(config), ids[FAKE_IMAGE_TOKEN], ids[GLOBAL_IMAGE_TOKEN])
     if hub.is_repo_id(vlm_model_name):  # another backbone named by hub id: its config.json from the cache
         try:
-            return load_backbone_directory(hub.resolve(vlm_model_name), need_special_ids)
+            backbone = load_backbone_directory(hub.resolve(vlm_model_name), need_special_ids)
+            return dataclasses.replace(backbone, repo_id=vlm_model_name)
         except hub.HubError as e:
             raise ConfigError(f"cannot resolve backbone {vlm_model_name!r}: {e}") from e
     raise ConfigError(

@@ -117,11 +117,14 @@ def write_pretrained(
 ) -> None:
     """Write config.json + model.safetensors (`format: pt`, as LeRobot) atomically, plus whatever `extra` writes.
 
-    A backbone that is not a built-in preset is saved in `vlm/` and referenced relatively, so the checkpoint loads
-    offline on any machine.
+    A backbone named by a hub id (a built-in preset, or one resolved from the Hugging Face cache) keeps that id, as
+    LeRobot's checkpoints do; any other is saved in `vlm/` and referenced relatively, so the checkpoint loads offline
+    on any machine.
     """
     preset = BACKBONE_PRESETS.get(config["vlm_model_name"])
-    self_contained = backbone.directory is not None or preset is None or preset[0] != backbone.config
+    by_id = backbone.repo_id is not None and backbone.repo_id == config["vlm_model_name"]
+    builtin = backbone.directory is None and preset is not None and preset[0] == backbone.config
+    self_contained = not (by_id or builtin)
     config = {**config, "vlm_model_name": VLM_SUBDIR} if self_contained else config
 
     def write(tmp: Path) -> None:
