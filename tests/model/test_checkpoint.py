@@ -8,7 +8,15 @@ from safetensors.torch import load_file, save_file
 
 import smolvla.model.checkpoint
 from smolvla import CheckpointError, ConfigError, SmolVLAPolicy
-from smolvla.model.checkpoint import read_weights, split_legacy_stats
+from smolvla.model.backbone import (
+    BACKBONE_PRESETS,
+    FAKE_IMAGE_TOKEN,
+    GLOBAL_IMAGE_TOKEN,
+    SMOLVLM2_500M,
+    TINY_BACKBONE,
+    Backbone,
+)
+from smolvla.model.checkpoint import read_weights, split_legacy_stats, write_pretrained
 from tests.conftest import PARITY_DIR, make_batch
 
 
@@ -20,12 +28,14 @@ def tiny():
 
 def test_round_trip_is_bit_identical(tiny, tmp_path):
     tiny.save_pretrained(tmp_path / "ckpt")
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]
+    # The tiny backbone is no hub repository: its config travels in vlm/ (SmolVLM2 would be named by its hub id).
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors", "vlm"]
     loaded = SmolVLAPolicy.from_pretrained(tmp_path / "ckpt")
     ours, theirs = tiny.state_dict(), loaded.state_dict()
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
-    assert loaded.config == tiny.config
+    assert loaded.config.vlm_model_name == "vlm" and loaded.backbone.config == tiny.backbone.config
+    assert loaded.config.replace(vlm_model_name=tiny.config.vlm_model_name) == tiny.config
     batch = make_batch(tiny)
     noise = torch.randn(2, tiny.config.chunk_size, tiny.config.max_action_dim)
     assert torch.equal(tiny.predict_chunk(batch, noise=noise), loaded.predict_chunk(batch, noise=noise))
@@ -138,3 +148,14 @@ def test_failed_save_leaves_previous_checkpoint(tiny, tmp_path, monkeypatch):
         tiny.save_pretrained(tmp_path / "ckpt")
     assert (tmp_path / "ckpt" / "model.safetensors").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temp directories left behind
+
+
+def test_a_hub_backbone_is_named_by_its_id_others_travel_in_vlm(tmp_path):
+    """SmolVLM2 (a real repository) keeps LeRobot's convention; the tiny preset (none) is written into vlm/."""
+    for name, expected in ((SMOLVLM2_500M, SMOLVLM2_500M), (TINY_BACKBONE, "vlm")):
+        config, ids = BACKBONE_PRESETS[name]
+        backbone = Backbone(config, ids[FAKE_IMAGE_TOKEN], ids[GLOBAL_IMAGE_TOKEN])
+        out = tmp_path / name.replace("/", "_")
+        write_pretrained(out, {"vlm_model_name": name}, {"w": torch.zeros(1)}, backbone)
+        assert json.loads((out / "config.json").read_text())["vlm_model_name"] == expected
+        assert (out / "vlm").is_dir() == (expected == "vlm")

@@ -125,9 +125,9 @@ def test_image_special_tokens_from_vlm_tokenizer(parity_batch, tmp_path):
 def test_special_tokens_need_a_tokenizer(tmp_path):
     policy = _tiny()
     policy.config = policy.config.replace(add_image_special_tokens=True)
-    policy.save_pretrained(tmp_path / "ckpt")  # tiny preset backbone: saved by name, no tokenizer needed...
+    policy.save_pretrained(tmp_path / "ckpt")  # tiny preset: its config in vlm/, no tokenizer (none was given)...
     loaded = SmolVLAPolicy.from_pretrained(tmp_path / "ckpt")
-    assert loaded.backbone.fake_image_token_id == 49189  # ...its ids are SmolVLM2's
+    assert loaded.backbone.fake_image_token_id == 49189  # ...so the preset's ids (SmolVLM2's)
     (tmp_path / "vlm").mkdir()
     (tmp_path / "vlm" / "config.json").write_text((PARITY_DIR / "vlm" / "config.json").read_text())
     from smolvla.errors import ConfigError

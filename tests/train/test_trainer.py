@@ -19,7 +19,7 @@ from smolvla.cli import main
 from smolvla.data import DatasetError
 from smolvla.errors import CheckpointError, ConfigError
 from smolvla.policy import SmolVLAPolicy
-from smolvla.processors import load_processors
+from smolvla.processors import TaskTokenizer, load_processors
 from smolvla.train.config import TrainConfig
 from smolvla.train.optim import Schedule, lr_factor
 from smolvla.train.trainer import train
@@ -116,6 +116,15 @@ def test_checkpoint_round_trip_and_layout(dataset, tmp_path):
         assert (pretrained / name).is_file(), name
     config = json.loads((pretrained / "config.json").read_text())
     assert config["type"] == "smolvla" and config["chunk_size"] == 5
+    # The tiny backbone is no hub repository: the checkpoint carries it in vlm/ with the learnt tokenizer, which
+    # declares SmolVLM's image tokens (LeRobot reads their ids): what LeRobot loads, given vlm_model_name=<dir>/vlm.
+    assert config["vlm_model_name"] == "vlm" and (pretrained / "vlm" / "config.json").is_file()
+    tokenizer_config = json.loads((pretrained / "vlm" / "tokenizer_config.json").read_text())
+    assert tokenizer_config["fake_image_token"] == "<fake_token_around_image>"
+    vlm_tokenizer = TaskTokenizer.from_directory(pretrained / "vlm")
+    assert vlm_tokenizer.tokenizer.token_to_id("<global-img>") is not None
+    learnt = TaskTokenizer.from_directory(pretrained)
+    assert vlm_tokenizer.encode(["open the drawer"], 16)[0].equal(learnt.encode(["open the drawer"], 16)[0])
     assert json.loads((pretrained / "train_config.json").read_text())["dataset"]["root"] == [str(dataset)]
     assert json.loads((result.checkpoint / "training_state" / "training_step.json").read_text())["step"] == 6
     policy = SmolVLAPolicy.from_pretrained(pretrained)

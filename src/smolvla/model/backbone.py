@@ -96,11 +96,12 @@ _TINY_CONFIG: dict[str, Any] = {
 }
 
 _SMOLVLM2_SPECIAL_IDS = {FAKE_IMAGE_TOKEN: 49189, GLOBAL_IMAGE_TOKEN: 49152}
-TINY_BACKBONE = "smolvla/tiny-backbone"
+TINY_BACKBONE = "smolvla/tiny-backbone"  # no repository anywhere: checkpoints carry it in `vlm/`
 BACKBONE_PRESETS: dict[str, tuple[dict[str, Any], dict[str, int]]] = {
     SMOLVLM2_500M: (_SMOLVLM2_500M_CONFIG, _SMOLVLM2_SPECIAL_IDS),
     TINY_BACKBONE: (_TINY_CONFIG, _SMOLVLM2_SPECIAL_IDS),
 }
+HUB_BACKBONES = frozenset({SMOLVLM2_500M})  # presets that are also real Hugging Face repositories (LeRobot finds them)
 
 
 @dataclass
@@ -162,8 +163,15 @@ def load_backbone_directory(directory: Path, need_special_ids: bool) -> Backbone
     for key in ("text_config", "vision_config"):
         if key not in config:
             raise ConfigError(f"backbone config {cfg_file} has no {key!r}: is it a SmolVLM config?")
-    # The ids matter only when image special tokens are used; then they must come from this tokenizer.
-    ids = _special_ids_from_directory(directory) if need_special_ids else _SMOLVLM2_SPECIAL_IDS
+    # The ids matter only when image special tokens are used; then they come from this tokenizer, or, for a preset's
+    # architecture saved without one (a `vlm/` written by smolvla), from the preset.
+    preset_ids = next((ids for known, ids in BACKBONE_PRESETS.values() if known == config), None)
+    if not need_special_ids:
+        ids = _SMOLVLM2_SPECIAL_IDS
+    elif preset_ids is not None and not (directory / "tokenizer.json").is_file():
+        ids = preset_ids
+    else:
+        ids = _special_ids_from_directory(directory)
     return Backbone(config, ids[FAKE_IMAGE_TOKEN], ids[GLOBAL_IMAGE_TOKEN], directory)
 
 

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from smolvla import hub
 from smolvla.atomic import atomic_directory
 from smolvla.errors import CheckpointError
-from smolvla.model.backbone import BACKBONE_PRESETS, Backbone
+from smolvla.model.backbone import BACKBONE_PRESETS, HUB_BACKBONES, Backbone
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -117,27 +117,33 @@ def write_pretrained(
 ) -> None:
     """Write config.json + model.safetensors (`format: pt`, as LeRobot) atomically, plus whatever `extra` writes.
 
-    A backbone named by a hub id (a built-in preset, or one resolved from the Hugging Face cache) keeps that id, as
-    LeRobot's checkpoints do; any other is saved in `vlm/` and referenced relatively, so the checkpoint loads offline
-    on any machine.
+    A backbone named by a hub id (SmolVLM2, or one resolved from the Hugging Face cache) keeps that id, as LeRobot's
+    checkpoints do; any other (the tiny preset, a custom directory) is saved in `vlm/`, referenced relatively, with
+    its config and a tokenizer: the backbone's own, else the checkpoint's (written by `extra`, e.g. a tokenizer
+    learnt from the instructions), so LeRobot can load `vlm/` too (docs/lerobot.md).
     """
-    preset = BACKBONE_PRESETS.get(config["vlm_model_name"])
-    by_id = backbone.repo_id is not None and backbone.repo_id == config["vlm_model_name"]
-    builtin = backbone.directory is None and preset is not None and preset[0] == backbone.config
-    self_contained = not (by_id or builtin)
+    name = config["vlm_model_name"]
+    by_id = backbone.repo_id is not None and backbone.repo_id == name
+    preset = BACKBONE_PRESETS.get(name)
+    builtin = backbone.directory is None and name in HUB_BACKBONES and preset is not None
+    self_contained = not (by_id or (builtin and preset[0] == backbone.config))
     config = {**config, "vlm_model_name": VLM_SUBDIR} if self_contained else config
 
     def write(tmp: Path) -> None:
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-        if self_contained:
-            (tmp / VLM_SUBDIR).mkdir()
-            source = backbone.directory
-            for name in BACKBONE_FILES:
-                if source is not None and (source / name).is_file():
-                    shutil.copyfile(source / name, tmp / VLM_SUBDIR / name)
-            (tmp / VLM_SUBDIR / CONFIG_NAME).write_text(json.dumps(backbone.config, indent=2) + "\n")
         if extra is not None:
             extra(tmp)
+        if self_contained:
+            (tmp / VLM_SUBDIR).mkdir()
+            has_own = backbone.directory is not None and (backbone.directory / BACKBONE_FILES[0]).is_file()
+            # The checkpoint's own (learnt) tokenizer stands in only when image special tokens are off: its appended
+            # image tokens have other ids than the preset's, which the model uses when they are on.
+            borrowed = None if config.get("add_image_special_tokens") else tmp
+            source = backbone.directory if has_own else borrowed
+            for file in BACKBONE_FILES:
+                if source is not None and (source / file).is_file():
+                    shutil.copyfile(source / file, tmp / VLM_SUBDIR / file)
+            (tmp / VLM_SUBDIR / CONFIG_NAME).write_text(json.dumps(backbone.config, indent=2) + "\n")
 
     atomic_directory(Path(path), write)

@@ -17,16 +17,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from smolvla import hub
 from smolvla.errors import BatchError, CheckpointError, ConfigError
 from smolvla.keys import LANG_MASK, LANG_TOKENS, TASK_KEY
+from smolvla.model.backbone import FAKE_IMAGE_TOKEN, GLOBAL_IMAGE_TOKEN
 from smolvla.processors.pipeline import Batch, ProcessorStep
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 PAD_TOKEN = "<pad>"
+IMAGE_TOKENS = {"fake_image_token": FAKE_IMAGE_TOKEN, "global_image_token": GLOBAL_IMAGE_TOKEN}  # tokenizer_config keys
 
 
 def _abbreviate(text: str, limit: int = 120) -> str:
@@ -106,6 +108,9 @@ class TaskTokenizer:
             show_progress=False,
         )
         tokenizer.train_from_iterator(sorted(set(texts)), trainer)
+        # SmolVLM's image tokens, appended after the learnt vocabulary (no instruction's ids change): LeRobot's
+        # SmolVLA reads their ids from whatever tokenizer the backbone directory holds.
+        tokenizer.add_special_tokens([AddedToken(t, special=True) for t in IMAGE_TOKENS.values()])
         return cls(tokenizer, tokenizer.token_to_id(PAD_TOKEN))
 
     def save(self, directory: str | Path) -> None:
@@ -113,6 +118,7 @@ class TaskTokenizer:
         self.tokenizer.save(str(directory / TOKENIZER_FILE))
         pad = self.tokenizer.id_to_token(self.pad_token_id)
         config = {"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": pad, "padding_side": "right"}
+        config |= {key: token for key, token in IMAGE_TOKENS.items() if self.tokenizer.token_to_id(token) is not None}
         (directory / TOKENIZER_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
 
     def encode(
