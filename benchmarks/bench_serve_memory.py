@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,9 @@ import grpc
 import numpy as np
 
 from smolvla.serve import protocol as proto
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.bench_serve import free_port
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serve_memory_cpu.json"
 
@@ -60,9 +62,7 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=1500)
     parser.add_argument("--steps", type=int, default=100)
     args = parser.parse_args()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     address = f"127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "smolvla.cli", "serve", f"--policy_path={args.policy}",
                                f"--port={port}", "--max_message_mb=64"],

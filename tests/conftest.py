@@ -28,6 +28,15 @@ PARITY_INPUTS = (
 )
 
 
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache for this test (fill it with `tests.hub_cache.cache_repo`), offline."""
+    cache = tmp_path / "hf" / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache
+
+
 @pytest.fixture(scope="session")
 def parity_io() -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file

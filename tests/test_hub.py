@@ -30,14 +30,6 @@ def trained(dataset, tmp_path_factory):
     return train(TrainConfig.from_flags(flags)).checkpoint / "pretrained_model"
 
 
-@pytest.fixture
-def hf_cache(tmp_path, monkeypatch):
-    cache = tmp_path / "hf" / "hub"
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return cache
-
-
 def same_weights(a: SmolVLAPolicy, b: SmolVLAPolicy) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

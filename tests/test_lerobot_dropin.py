@@ -7,7 +7,6 @@ import json
 import shutil
 
 import numpy as np
-import pytest
 
 from smolvla.cli import main
 from smolvla.data import DatasetWriter
@@ -27,14 +26,6 @@ RENAME = {
     "observation.images.wrist": "observation.images.camera2",
 }
 CAMERAS = {"observation.images.top": (48, 64), "observation.images.wrist": (32, 32)}
-
-
-@pytest.fixture
-def hf_cache(tmp_path, monkeypatch):
-    cache = tmp_path / "hf" / "hub"
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return cache
 
 
 def write_dataset(root):

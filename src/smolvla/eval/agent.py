@@ -18,6 +18,7 @@ from smolvla.keys import EMPTY_CAMERA_PREFIX, IMAGE_PREFIX, STATE_KEY, TASK_KEY
 from smolvla.model.checkpoint import pretrained_dir
 from smolvla.policy import SmolVLAPolicy
 from smolvla.processors import ImagesToFloat, RenameObservations, load_processors
+from smolvla.processors.factory import robot_names
 from smolvla.sim.agents import ExpertAgent, RandomAgent
 
 BUILTIN_AGENTS = ("expert", "random")
@@ -33,17 +34,12 @@ class SmolVLAAgent:
         self.policy = policy.eval()
         self.preprocessor, self.postprocessor = preprocessor, postprocessor
         self.rename = RenameObservations(rename_map)
-        try:
-            saved = preprocessor.step(RenameObservations).rename_map
-        except KeyError:
-            saved = {}
-        expects = {policy_key: robot_key for robot_key, policy_key in saved.items()}  # checkpoint → its robot's
-        env_key = {expected: key for key, expected in self.rename.rename_map.items()}
-        self._shapes: dict[str, tuple[int, ...]] = {}
-        for key, feature in policy.config.image_features.items():
-            if not key.startswith(EMPTY_CAMERA_PREFIX):
-                robot_key = expects.get(key, key)
-                self._shapes[env_key.get(robot_key, robot_key)] = feature.shape
+        env_key = robot_names(preprocessor, rename_map)
+        self._shapes = {  # env key → the policy camera's shape
+            env_key(key): feature.shape
+            for key, feature in policy.config.image_features.items()
+            if not key.startswith(EMPTY_CAMERA_PREFIX)
+        }
         self.cameras = {key: key.removeprefix(IMAGE_PREFIX) for key in self._shapes}  # env key → env camera
         self.new_chunk = True
         self.to_float = ImagesToFloat()

@@ -123,10 +123,8 @@ def write_pretrained(
     learnt from the instructions), so LeRobot can load `vlm/` too (docs/lerobot.md).
     """
     name = config["vlm_model_name"]
-    by_id = backbone.repo_id is not None and backbone.repo_id == name
-    preset = BACKBONE_PRESETS.get(name)
-    builtin = backbone.directory is None and name in HUB_BACKBONES and preset is not None
-    self_contained = not (by_id or (builtin and preset[0] == backbone.config))
+    hub_preset = name in HUB_BACKBONES and backbone.directory is None and BACKBONE_PRESETS[name][0] == backbone.config
+    self_contained = not (backbone.repo_id == name or hub_preset)
     config = {**config, "vlm_model_name": VLM_SUBDIR} if self_contained else config
 
     def write(tmp: Path) -> None:

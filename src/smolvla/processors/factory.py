@@ -8,6 +8,7 @@ under LeRobot's file names and reload with `load_processors`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from smolvla.keys import EMPTY_CAMERA_PREFIX
@@ -73,3 +74,20 @@ def load_processors(directory: str | Path, device: str | None = None) -> tuple[P
         if isinstance(step, ToDevice) and device is not None:
             step.device = str(device)
     return pre, post
+
+
+def robot_names(pre: Pipeline, rename_map: dict[str, str] | None = None) -> Callable[[str], str]:
+    """The key a robot sends for each of the policy's keys: undo the preprocessor's own rename step (saved from
+    training's `--rename_map`), then undo `rename_map`, which the caller applies in front of the preprocessor."""
+    try:
+        saved = pre.step(RenameObservations).rename_map
+    except KeyError:
+        saved = {}
+    expects = {policy_key: key for key, policy_key in saved.items()}
+    sends = {expected: key for key, expected in (rename_map or {}).items()}
+
+    def robot_name(policy_key: str) -> str:
+        expected = expects.get(policy_key, policy_key)
+        return sends.get(expected, expected)
+
+    return robot_name

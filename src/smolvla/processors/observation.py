@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -26,7 +27,7 @@ class ImagesToFloat(ProcessorStep):
         out = dict(batch)
         for key, value in batch.items():
             image = key.startswith(IMAGE_PREFIX) and not key.endswith(PADDING_MASK_SUFFIX)
-            if image and not torch.as_tensor(value).is_floating_point():
+            if image and value.dtype in (np.uint8, torch.uint8):  # numpy or torch frames; float passes through
                 out[key] = frames_to_float(value)
         return out
 

@@ -21,6 +21,7 @@ from smolvla.errors import ConfigError
 from smolvla.keys import ACTION_KEY, EMPTY_CAMERA_PREFIX, STATE_KEY, TASK_KEY
 from smolvla.model.rectified_flow import Inpainting
 from smolvla.processors import ImagesToFloat, Normalize, RenameObservations
+from smolvla.processors.factory import robot_names
 from smolvla.serve import protocol as proto
 from smolvla.serve.protocol import ProtocolError
 
@@ -94,24 +95,13 @@ class PolicyService:
     def __init__(self, policy, preprocessor, postprocessor, config: ServeConfig):
         self.policy, self.pre, self.post, self.config = policy.eval(), preprocessor, postprocessor, config
         cfg = policy.config
-        # The robot speaks the names the checkpoint's preprocessor renames from (`--rename_map` at training): its
-        # requests are checked, and `Info` answered, in those names.
-        # `--rename_map` applies first, then the checkpoint's own renames.
-        try:
-            saved = preprocessor.step(RenameObservations).rename_map
-        except KeyError:
-            saved = {}
+        # The robot speaks the names the checkpoint's preprocessor renames from (`--rename_map` at training), or
+        # this server's `--rename_map` maps onto: requests are checked, and `Info` answered, in those names.
         self.rename = RenameObservations(config.rename_map)
-        expects = {policy_key: key for key, policy_key in saved.items()}
-        robot = {expected: key for key, expected in config.rename_map.items()}
-
-        def robot_name(policy_key: str) -> str:
-            expected = expects.get(policy_key, policy_key)
-            return robot.get(expected, expected)
-
+        robot_name = robot_names(preprocessor, config.rename_map)
         policy_cameras = [k for k in cfg.image_features if not k.startswith(EMPTY_CAMERA_PREFIX)]
-        self.cameras = [robot_name(k) for k in policy_cameras]
         self.camera_shapes = {robot_name(k): cfg.image_features[k].shape for k in policy_cameras}
+        self.cameras = list(self.camera_shapes)
         self.state_key = robot_name(STATE_KEY)
         self.state_dim = cfg.state_dim
         self.num_steps = config.num_steps or cfg.num_steps
