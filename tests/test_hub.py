@@ -110,4 +110,3 @@ def test_a_tokenizer_named_by_hub_id(hf_cache, trained, tmp_path):
     (checkpoint / "policy_preprocessor.json").write_text(json.dumps(spec))
     with pytest.raises(CheckpointError, match=r"tokenizer 'HuggingFaceTB/not-cached' not found.*not in the Hugging"):
         load_processors(checkpoint)
-

@@ -26,6 +26,7 @@ RENAME = {
     "observation.images.wrist": "observation.images.camera2",
 }
 CAMERAS = {"observation.images.top": (48, 64), "observation.images.wrist": (32, 32)}
+CAMERA3 = "observation.images.camera3"  # the checkpoint's third camera, which this robot does not have
 
 
 def write_dataset(root):
@@ -52,6 +53,7 @@ def lerobot_replica(tmp_path, cache):
     config = json.loads((PARITY_DIR / "config.json").read_text())
     config["vlm_model_name"] = BACKBONE_ID
     config["input_features"] = {RENAME.get(k, k): v for k, v in config["input_features"].items()}
+    config["input_features"][CAMERA3] = config["input_features"]["observation.images.camera1"]  # as smolvla_base
     (replica / "config.json").write_text(json.dumps(config))
     policy = SmolVLAPolicy.from_pretrained(replica)
     rng = np.random.default_rng(1)
@@ -74,6 +76,7 @@ def test_train_from_a_hub_policy_with_rename_map_then_serve(hf_cache, tmp_path):
     dataset = write_dataset(tmp_path / "so101_data")
     out = tmp_path / "run"
     flags = [f"--policy.path={POLICY_ID}", f"--dataset.root={dataset}", f"--rename_map={json.dumps(RENAME)}",
+             "--dataset.fill_missing_cameras=true",
              "--steps=2", "--batch_size=2", "--num_workers=0", "--progress=false", "--val_freq=0"]  # fmt: skip
     assert main(["train", *flags, f"--output_dir={out}"]) == 0
     result = out / "checkpoints" / "last" / "pretrained_model"
@@ -81,7 +84,7 @@ def test_train_from_a_hub_policy_with_rename_map_then_serve(hf_cache, tmp_path):
     assert config["vlm_model_name"] == BACKBONE_ID  # LeRobot's convention kept: the backbone by its hub id
     assert not (result / "vlm").exists()
     policy = SmolVLAPolicy.from_pretrained(result)
-    assert set(policy.config.image_features) == set(RENAME.values())
+    assert set(policy.config.image_features) == {*RENAME.values(), CAMERA3}
     pre, _ = load_processors(result)
     assert pre.steps[0].rename_map == RENAME  # the robot's own names are renamed first
     server = PolicyServer(ServeConfig(policy_path=str(result), port=0))

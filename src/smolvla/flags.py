@@ -49,18 +49,19 @@ def parse_value(text: str, kind: Any, where: str) -> Any:
             return None
         (inner,) = [a for a in args if a is not type(None)]
         return parse_value(text, inner, where)
-    if origin is tuple:
+    if origin in (tuple, list):  # `a,b` or LeRobot's list form `[0,1]`
         item = args[0] if args else str
-        return tuple(parse_value(part.strip(), item, where) for part in text.split(",") if part.strip())
-    if origin is list:
-        return [parse_value(part.strip(), args[0], where) for part in text.split(",") if part.strip()]
+        text = text.strip()
+        text = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+        items = [parse_value(part.strip().strip("'\""), item, where) for part in text.split(",") if part.strip()]
+        return tuple(items) if origin is tuple else items
     if origin is dict:  # LeRobot's JSON form: --rename_map='{"observation.images.top": "observation.images.camera1"}'
         try:
             value = json.loads(text) if text.strip() else {}
         except json.JSONDecodeError:
             value = None
         if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-            raise ConfigError(f"--{where}: expected a JSON object of strings, e.g. '{{\"a\": \"b\"}}', got {text!r}")
+            raise ConfigError(f'--{where}: expected a JSON object of strings, e.g. \'{{"a": "b"}}\', got {text!r}')
         return value
     try:
         if kind is bool:

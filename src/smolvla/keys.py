@@ -14,3 +14,7 @@ LANG_TOKENS = "observation.language.tokens"
 LANG_MASK = "observation.language.attention_mask"
 ACTION_IS_PAD = "action_is_pad"
 PADDING_MASK_SUFFIX = "_padding_mask"  # `<camera>_padding_mask` (B,) bool: which samples have that camera
+# Several robots in one run (mixed-embodiment training): `action_dim_is_pad` (B, action_dim) bool marks the action
+# dims a sample's robot does not have (zero padding the loss skips); `embodiment_index` (B,) which robot a row is.
+ACTION_DIM_IS_PAD = "action_dim_is_pad"
+EMBODIMENT_INDEX = "embodiment_index"

@@ -8,6 +8,7 @@ loss, chunk sampling, compilation and the action queue of `select_action`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from smolvla.model.config import SmolVLAConfig
 from smolvla.model.flow_matching import Prefix, VLAFlowMatching
 from smolvla.model.presets import preset_config
 from smolvla.model.rectified_flow import Inpainting
-from smolvla.processors.pipeline import Pipeline
+from smolvla.processors import EmbodimentProcessors, Pipeline
 
 REDUCTIONS = ("mean", "none", "sum_count")
 
@@ -89,10 +90,11 @@ class SmolVLAPolicy(nn.Module):
         load_strict(policy, weights, source=str(path / WEIGHTS_NAME))
         return policy.to(device) if device is not None else policy
 
-    def save_pretrained(self, path: str | Path, processors: tuple[Pipeline, Pipeline] | None = None) -> None:
+    def save_pretrained(self, path: str | Path, processors: Sequence[Pipeline | EmbodimentProcessors] = ()) -> None:
         """Write config.json + model.safetensors (LeRobot layout) atomically, and `processors` (pre, post), e.g. from
-        `smolvla.processors.make_processors`, into the same directory (`policy_preprocessor.json`, ..., tokenizer
-        files); reload those with `smolvla.processors.load_processors(path)`."""
+        `smolvla.processors.make_processors` (or one `EmbodimentProcessors` of a several-robot policy), into the
+        same directory (`policy_preprocessor.json`, ..., tokenizer files); reload those with
+        `smolvla.processors.load_processors(path)`."""
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
 
         def write_processors(directory: Path) -> None:
@@ -128,8 +130,8 @@ class SmolVLAPolicy(nn.Module):
         """Validate an observation batch and turn it into model space (`smolvla.model.batch`)."""
         return prepare_observation(batch, self.config, self.vocab_size, self.device)
 
-    def prepare_actions(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
-        """Target actions padded to max_action_dim (B, chunk, max_action_dim) and the optional step padding."""
+    def prepare_actions(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """Target actions padded to max_action_dim (B, chunk, max_action_dim) and the mask of what the loss counts."""
         return prepare_actions(batch, self.config, self.device)
 
     def sample_noise_and_time(self, batch_size: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -147,13 +149,14 @@ class SmolVLAPolicy(nn.Module):
         time: Tensor | None = None,
         reduction: str = "mean",
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """Flow-matching MSE over real action dims and non-padded steps (LeRobot 0.6.1's rule): a scalar ("mean"),
-        per sample ("none"), or per-sample (sum, count) ("sum_count") for callers that average over a larger batch
-        (gradient accumulation, several processes) and must weigh each sample by its valid elements."""
+        """Flow-matching MSE over real action dims and non-padded steps (LeRobot 0.6.1's rule; in a mixed-embodiment
+        batch, each sample's own robot's dims): a scalar ("mean"), per sample ("none"), or per-sample (sum, count)
+        ("sum_count") for callers that average over a larger batch (gradient accumulation, several processes) and
+        must weigh each sample by its valid elements."""
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         prefix = self.prepare_observation(batch)
-        actions, is_pad = self.prepare_actions(batch)
+        actions, valid = self.prepare_actions(batch)
         if noise is None:
             noise = torch.randn(actions.shape, dtype=torch.float32)
         if time is None:
@@ -161,10 +164,8 @@ class SmolVLAPolicy(nn.Module):
         check_shape("noise", noise, actions.shape)
         check_shape("time", time, actions.shape[:1])
         losses = self.model.losses(prefix, actions, noise.to(self.device), time.to(self.device))["losses_raw"]
-        losses = losses[..., : self.config.action_dim]
-        valid = torch.ones(losses.shape[:2], device=losses.device) if is_pad is None else (~is_pad).float()
-        losses = losses * valid[..., None]
-        counts = valid.sum(dim=1) * self.config.action_dim
+        losses = losses[..., : self.config.action_dim] * valid
+        counts = valid.sum(dim=(1, 2))
         if reduction == "mean":
             return losses.sum() / counts.sum().clamp(min=1)
         sums = losses.sum(dim=(1, 2))

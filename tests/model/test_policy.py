@@ -115,9 +115,9 @@ def test_small_robot_padded_in_and_cropped_out():
     assert prefix.state.shape == (2, 32) and torch.all(prefix.state[:, 16:] == 0)
     assert policy.predict_chunk(batch).shape == (2, 10, 16)
     noise, time = torch.randn(2, 10, 32), torch.rand(2)
-    actions, is_pad = policy.prepare_actions(batch)
+    actions, _ = policy.prepare_actions(batch)
     raw = policy.model.losses(prefix, actions, noise, time)["losses_raw"]
-    valid = (~is_pad).float()[..., None]
+    valid = (~batch["action_is_pad"]).float()[..., None]
     expected = (raw[..., :16] * valid).sum() / (valid.sum() * 16)
     torch.testing.assert_close(policy.compute_loss(batch, noise=noise, time=time), expected)
     per_sample = policy.compute_loss(batch, noise=noise, time=time, reduction="none")

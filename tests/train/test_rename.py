@@ -125,8 +125,11 @@ def test_eval_points_a_renamed_policy_at_the_envs_cameras(renamed):
     assert agent.cameras == {"observation.images.corner2": "corner2", "observation.images.gripperPOV": "gripperPOV"}
     assert agent.image_size is None  # the two cameras differ in size: the env keeps its own
     rng = np.random.default_rng(0)
-    observation = {"agent_pos": rng.normal(size=4).astype(np.float32), "task": "open the drawer",
-                   "pixels": {c: rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for c in agent.cameras.values()}}
+    observation = {
+        "agent_pos": rng.normal(size=4).astype(np.float32),
+        "task": "open the drawer",
+        "pixels": {c: rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for c in agent.cameras.values()},
+    }
     agent.reset(seed=0)
     assert agent.select_action(observation).shape == (3,)
     with pytest.raises(ConfigError, match=r"needs camera 'top' .*renders \['corner2'\].*--rename_map"):

@@ -203,17 +203,17 @@ class MultiLeRobotDataset(Dataset):
     """Several datasets back to back (dataset i's frames at `offsets[i]`), each item tagged with `dataset_index`.
 
     Pair with `WeightedDatasetSampler(sizes, weights)` to mix them in fixed proportions. Their sample keys must
-    agree (rename or pad beforehand if robots differ).
+    agree unless `same_features=False` (several robots: the caller pads their samples to one shape).
     """
 
-    def __init__(self, datasets: Sequence[LeRobotDataset]):
+    def __init__(self, datasets: Sequence[LeRobotDataset], same_features: bool = True):
         if not datasets:
             raise DatasetError("MultiLeRobotDataset needs at least one dataset")
         self.datasets = list(datasets)
         self.sizes = [len(d) for d in self.datasets]
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
         reference = self._signature(self.datasets[0])
-        for d in self.datasets[1:]:
+        for d in self.datasets[1:] if same_features else ():
             if self._signature(d) != reference:
                 raise DatasetError(
                     f"dataset {d.root} has features {self._signature(d)}, but {self.datasets[0].root} has {reference}"

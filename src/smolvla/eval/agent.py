@@ -14,11 +14,11 @@ import numpy as np
 import torch
 
 from smolvla.errors import CheckpointError, ConfigError
-from smolvla.keys import EMPTY_CAMERA_PREFIX, IMAGE_PREFIX, STATE_KEY, TASK_KEY
+from smolvla.keys import IMAGE_PREFIX, STATE_KEY, TASK_KEY
 from smolvla.model.checkpoint import pretrained_dir
 from smolvla.policy import SmolVLAPolicy
 from smolvla.processors import ImagesToFloat, RenameObservations, load_processors
-from smolvla.processors.factory import robot_names
+from smolvla.processors.factory import robot_features, robot_names
 from smolvla.sim.agents import ExpertAgent, RandomAgent
 
 BUILTIN_AGENTS = ("expert", "random")
@@ -35,23 +35,26 @@ class SmolVLAAgent:
         self.preprocessor, self.postprocessor = preprocessor, postprocessor
         self.rename = RenameObservations(rename_map)
         env_key = robot_names(preprocessor, rename_map)
-        self._shapes = {  # env key → the policy camera's shape
-            env_key(key): feature.shape
-            for key, feature in policy.config.image_features.items()
-            if not key.startswith(EMPTY_CAMERA_PREFIX)
-        }
+        spec = robot_features(preprocessor, postprocessor, policy.config)  # the cameras this robot has
+        self._shapes = {env_key(k): shape for k, shape in spec.items() if k.startswith(IMAGE_PREFIX)}
         self.cameras = {key: key.removeprefix(IMAGE_PREFIX) for key in self._shapes}  # env key → env camera
         self.new_chunk = True
         self.to_float = ImagesToFloat()
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, device: str = "cpu", num_steps: int | None = None, rename_map: dict | None = None
+        cls,
+        path: str | Path,
+        device: str = "cpu",
+        num_steps: int | None = None,
+        rename_map: dict | None = None,
+        embodiment: str | None = None,
     ) -> SmolVLAAgent:
+        """`embodiment`: which robot's processors, for a policy trained on several."""
         policy = SmolVLAPolicy.from_pretrained(path, device=device)
         if num_steps is not None:
             policy.config.num_steps = int(num_steps)
-        return cls(policy, *load_processors(path, device=device), rename_map=rename_map)
+        return cls(policy, *load_processors(path, device=device, embodiment=embodiment), rename_map=rename_map)
 
     @property
     def image_size(self) -> int | None:
@@ -99,6 +102,7 @@ class AgentFactory:
     num_steps: int | None = None
     noise_std: float = 0.0
     rename_map: tuple[tuple[str, str], ...] = ()  # env key → checkpoint key (a tuple: the recipe stays hashable)
+    embodiment: str | None = None
 
     def __call__(self) -> Any:
         if self.path == "expert":
@@ -109,4 +113,6 @@ class AgentFactory:
             directory = pretrained_dir(self.path)  # a local checkpoint, or a hub id through the cache
         except CheckpointError as e:
             raise ConfigError(f"--policy.path={self.path!r} is neither {BUILTIN_AGENTS} nor a checkpoint: {e}") from e
-        return SmolVLAAgent.from_pretrained(directory, self.device, self.num_steps, dict(self.rename_map))
+        return SmolVLAAgent.from_pretrained(
+            directory, self.device, self.num_steps, dict(self.rename_map), embodiment=self.embodiment
+        )

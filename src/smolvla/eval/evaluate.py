@@ -32,6 +32,7 @@ class PolicyRef:
     path: str = "expert"  # a checkpoint directory, or "expert" / "random"
     device: str = "cpu"
     num_steps: int | None = None  # override the checkpoint's denoising steps
+    embodiment: str | None = None  # which robot's processors, for a policy trained on several
 
 
 @dataclass
@@ -137,8 +138,9 @@ def run_evaluation(
 def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     """The `smolvla eval` job: resolve the agent and env, run, and write JSON, chart and videos."""
     tasks = resolve_tasks(config.env.task)
-    factory = AgentFactory(config.policy.path, config.policy.device, config.policy.num_steps,
-                           rename_map=tuple(config.rename_map.items()))  # fmt: skip
+    policy = config.policy
+    factory = AgentFactory(policy.path, policy.device, policy.num_steps,
+                           rename_map=tuple(config.rename_map.items()), embodiment=policy.embodiment)  # fmt: skip
     env = dataclasses.replace(config.env)
     if config.policy.path not in ("expert", "random"):
         agent = factory()  # load once here to read the cameras and image size it was trained with

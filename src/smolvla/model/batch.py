@@ -16,6 +16,7 @@ from torch import Tensor
 
 from smolvla.errors import BatchError
 from smolvla.keys import (
+    ACTION_DIM_IS_PAD,
     ACTION_IS_PAD,
     ACTION_KEY,
     EMPTY_CAMERA_PREFIX,
@@ -121,8 +122,10 @@ def prepare_observation(batch: dict[str, Any], cfg: SmolVLAConfig, vocab_size: i
     return Prefix(images, image_masks, tokens.long(), lang_mask.bool(), padded_state)
 
 
-def prepare_actions(batch: dict[str, Any], cfg: SmolVLAConfig, device: torch.device) -> tuple[Tensor, Tensor | None]:
-    """Target actions padded to max_action_dim (B, chunk, max_action_dim) and the optional step padding."""
+def prepare_actions(batch: dict[str, Any], cfg: SmolVLAConfig, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Target actions padded to max_action_dim (B, chunk, max_action_dim) and which of their (step, dim) elements the
+    loss counts (B, chunk, action_dim) float: not `action_is_pad` steps (past an episode's end), not
+    `action_dim_is_pad` dims (a narrower robot's zero padding in a mixed-embodiment batch)."""
     actions = _tensor(batch, ACTION_KEY, "target action chunk", device)
     widths = (cfg.action_dim, cfg.max_action_dim)
     expected = (actions.shape[0], cfg.chunk_size, cfg.action_dim)
@@ -134,13 +137,23 @@ def prepare_actions(batch: dict[str, Any], cfg: SmolVLAConfig, device: torch.dev
     _check_finite(ACTION_KEY, actions)
     padded = torch.zeros(*expected[:2], cfg.max_action_dim, dtype=torch.float32, device=device)
     padded[..., : actions.shape[2]] = actions
-    is_pad = batch.get(ACTION_IS_PAD)
-    if is_pad is not None:
-        is_pad = is_pad.to(device)
-        if tuple(is_pad.shape) != expected[:2]:
-            raise BatchError(f"{ACTION_IS_PAD!r} must be {expected[:2]}, got {tuple(is_pad.shape)}")
-        is_pad = is_pad.bool()
-    return padded, is_pad
+    valid = torch.ones(expected, device=device)
+    step_pad = _mask(batch, ACTION_IS_PAD, expected[:2], device)
+    if step_pad is not None:
+        valid = valid * (~step_pad).float()[:, :, None]
+    dim_pad = _mask(batch, ACTION_DIM_IS_PAD, (expected[0], expected[2]), device)
+    if dim_pad is not None:
+        valid = valid * (~dim_pad).float()[:, None, :]
+    return padded, valid
+
+
+def _mask(batch: dict[str, Any], key: str, shape: tuple[int, ...], device: torch.device) -> Tensor | None:
+    value = batch.get(key)
+    if value is None:
+        return None
+    if tuple(value.shape) != shape:
+        raise BatchError(f"{key!r} must be {shape}, got {tuple(value.shape)}")
+    return value.to(device).bool()
 
 
 def check_shape(name: str, value: Tensor, shape: tuple[int, ...]) -> None:

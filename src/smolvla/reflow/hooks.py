@@ -23,10 +23,11 @@ from smolvla.keys import ACTION_IS_PAD, ACTION_KEY
 from smolvla.model.checkpoint import CONFIG_NAME
 from smolvla.model.config import SmolVLAConfig
 from smolvla.policy import SmolVLAPolicy
-from smolvla.processors import Pipeline, load_processors
+from smolvla.processors import load_processors
 from smolvla.reflow.config import ReflowArgs, ReflowTrainConfig
 from smolvla.reflow.pairs import PairCache
 from smolvla.reflow.teacher import check_teacher, load_teacher, solve, teacher_dir
+from smolvla.train.build import RunProcessors
 from smolvla.train.config import PolicyArgs, TrainConfig
 from smolvla.train.data import TrainData
 from smolvla.train.hooks import TrainHooks
@@ -44,12 +45,10 @@ class ReflowHooks(TrainHooks):
     def policy_args(self, args: PolicyArgs) -> PolicyArgs:
         return args if args.path is not None else dataclasses.replace(args, path=self.args.teacher_path)
 
-    def init_policy(
-        self, policy: SmolVLAPolicy, args: PolicyArgs, data: TrainData, device: str
-    ) -> tuple[Pipeline, Pipeline]:
+    def init_policy(self, policy: SmolVLAPolicy, args: PolicyArgs, data: TrainData, device: str) -> RunProcessors:
         if self.args.reflow_one_step:
             policy.config.num_steps = 1  # what the distilled policy is for
-        return load_processors(self.directory, device=device)
+        return RunProcessors.pair(*load_processors(self.directory, device=device))
 
     def attach(self, policy: SmolVLAPolicy, config: TrainConfig) -> None:
         self.student, self.seed, self.use_amp = policy, config.seed, config.policy.use_amp

@@ -56,9 +56,9 @@ def action_errors(
         batch = pre(raw)
         any_policy = next(iter(policies.values()))
         cfg = any_policy.config
-        actions, is_pad = any_policy.prepare_actions(batch)
+        actions, valid = any_policy.prepare_actions(batch)
         dim = cfg.action_dim
-        valid = torch.ones(actions.shape[:2]) if is_pad is None else (~is_pad).float().cpu()
+        valid = valid[..., 0].cpu()  # per step (reflow trains one embodiment: every action dim is real)
         generator = torch.Generator().manual_seed(streams.batch_seed(seed, k, streams.MEASURE))
         noise = torch.randn(actions.shape, generator=generator)
         solved = {

@@ -66,7 +66,8 @@ class PolicyServer:
         self.config = config
         if service is None:
             policy = SmolVLAPolicy.from_pretrained(config.policy_path, device=config.device)
-            service = PolicyService(policy, *load_processors(config.policy_path, device=config.device), config)
+            processors = load_processors(config.policy_path, device=config.device, embodiment=config.embodiment)
+            service = PolicyService(policy, *processors, config)
         self.service = service
         self._server = None
         self.port: int | None = None

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from smolvla.errors import ConfigError
-from smolvla.keys import ACTION_KEY, EMPTY_CAMERA_PREFIX, STATE_KEY, TASK_KEY
+from smolvla.keys import ACTION_KEY, IMAGE_PREFIX, STATE_KEY, TASK_KEY
 from smolvla.model.rectified_flow import Inpainting
 from smolvla.processors import ImagesToFloat, Normalize, RenameObservations
-from smolvla.processors.factory import robot_names
+from smolvla.processors.factory import robot_features, robot_names
 from smolvla.serve import protocol as proto
 from smolvla.serve.protocol import ProtocolError
 
@@ -52,6 +52,7 @@ class ServeConfig:
     rtc_max_guidance: float = 5.0  # real-time chunking's guidance clip β (requests that send queued actions)
     # robot key → the key the checkpoint expects, LeRobot's JSON form: lets robots keep their own camera names
     rename_map: dict[str, str] = field(default_factory=dict)
+    embodiment: str | None = None  # which robot's processors, for a policy trained on several (embodiments.json)
 
     def validate(self) -> None:
         if not self.policy_path:
@@ -99,11 +100,11 @@ class PolicyService:
         # this server's `--rename_map` maps onto: requests are checked, and `Info` answered, in those names.
         self.rename = RenameObservations(config.rename_map)
         robot_name = robot_names(preprocessor, config.rename_map)
-        policy_cameras = [k for k in cfg.image_features if not k.startswith(EMPTY_CAMERA_PREFIX)]
-        self.camera_shapes = {robot_name(k): cfg.image_features[k].shape for k in policy_cameras}
+        spec = robot_features(preprocessor, postprocessor, cfg)  # one robot of a several-robot policy: its own
+        self.camera_shapes = {robot_name(k): shape for k, shape in spec.items() if k.startswith(IMAGE_PREFIX)}
         self.cameras = list(self.camera_shapes)
         self.state_key = robot_name(STATE_KEY)
-        self.state_dim = cfg.state_dim
+        self.state_dim, self.action_dim = spec[STATE_KEY][0], spec[ACTION_KEY][0]
         self.num_steps = config.num_steps or cfg.num_steps
         self.to_float = ImagesToFloat()
         try:  # RTC's queued actions are normalized like the training targets (the pipeline's own normalizer)
@@ -127,7 +128,7 @@ class PolicyService:
             features=features,
             chunk_size=self.policy.config.chunk_size,
             n_action_steps=self.policy.config.n_action_steps,
-            action_dim=self.policy.config.action_dim,
+            action_dim=self.action_dim,
             max_message_bytes=int(self.config.max_message_mb * 2**20),
             policy=str(self.config.policy_path),
         )
@@ -170,7 +171,7 @@ class PolicyService:
         """Real-time chunking's queued actions: (L, action_dim) finite float32 robot actions, 1 <= L <= chunk,
         normalized like the training targets, and 0 <= frozen_steps <= L."""
         actions = proto.decode_tensor(request.queued_actions)
-        chunk, dims = self.policy.config.chunk_size, self.policy.config.action_dim
+        chunk, dims = self.policy.config.chunk_size, self.action_dim
         if actions.dtype != np.float32 or actions.shape[1:] != (dims,) or not 1 <= len(actions) <= chunk:
             raise ProtocolError(f"queued_actions: expected float32 (1..{chunk}, {dims}), got {actions.dtype} "
                                 f"{actions.shape}")  # fmt: skip

@@ -8,6 +8,8 @@ trained with; a mismatch is an error naming both sides, not a crash deep inside 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +21,11 @@ from smolvla.model.checkpoint import CONFIG_NAME, pretrained_dir
 from smolvla.model.config import SmolVLAConfig
 from smolvla.model.presets import preset_config
 from smolvla.policy import SmolVLAPolicy
-from smolvla.processors import TaskTokenizer, Tokenize, load_processors, make_processors
+from smolvla.processors import EmbodimentProcessors, Pipeline, TaskTokenizer, Tokenize, load_processors, make_processors
 from smolvla.processors.language import TOKENIZER_FILE
 from smolvla.train.config import PolicyArgs
 from smolvla.train.data import TrainData
+from smolvla.train.embodiment import MixedPreprocessor
 
 
 def policy_features(features: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -40,18 +43,20 @@ def policy_features(features: dict[str, dict[str, Any]]) -> tuple[dict[str, Any]
     return inputs, {ACTION_KEY: {"type": "ACTION", "shape": list(features[ACTION_KEY]["shape"])}}
 
 
-def check_compatible(policy: SmolVLAPolicy, features: dict[str, dict[str, Any]]) -> None:
-    """The dataset provides the policy's state and action widths and all of its (non-placeholder) cameras."""
+def check_compatible(policy: SmolVLAPolicy, features: dict[str, dict[str, Any]], fill_missing_cameras=False) -> None:
+    """The dataset provides the policy's state and action widths and all of its (non-placeholder) cameras (or the
+    run fills the missing ones with masked black images)."""
     inputs, outputs = policy_features(features)
     cfg = policy.config
     dataset_cams = [k for k in inputs if k != STATE_KEY]
     missing = [k for k in cfg.image_features if not k.startswith(EMPTY_CAMERA_PREFIX) and k not in inputs]
-    if missing:
+    if missing and not fill_missing_cameras:
         unused = [k for k in dataset_cams if k not in cfg.image_features]
         fix = json.dumps(dict(zip(unused, missing, strict=False)))
         raise DatasetError(
             f"the dataset lacks the policy's cameras {missing}; it has {sorted(dataset_cams)}: map the dataset's "
-            f"names onto the policy's with --rename_map='{fix}' (check the pairing), or train a new policy"
+            f"names onto the policy's with --rename_map='{fix}' (check the pairing), let the policy see black "
+            "images nothing attends to in their place with --dataset.fill_missing_cameras=true, or train a new policy"
         )
     for key, want, have in (
         (STATE_KEY, cfg.state_dim, inputs[STATE_KEY]),
@@ -102,13 +107,39 @@ def make_tokenizer(args: PolicyArgs, tasks: list[str]) -> TaskTokenizer:
     return pre.step(Tokenize).tokenizer
 
 
+WIDTH_LIMITS = {STATE_KEY: "max_state_dim", ACTION_KEY: "max_action_dim"}
+
+
+def check_widths(data: TrainData, limits: dict[str, int]) -> None:
+    """Every robot's state and action fit the policy's padded widths (`limits`: max_state_dim, max_action_dim):
+    SmolVLA pads a robot up to them and never crops one."""
+    for embodiment in data.embodiments:
+        for key, name in WIDTH_LIMITS.items():
+            limit = limits[name]
+            if embodiment.width(key) > limit:
+                roots = [str(data.train.datasets[i].root) for i in embodiment.datasets]
+                raise DatasetError(
+                    f"dataset {', '.join(roots)} has a {embodiment.width(key)}-D {key!r}, wider than the policy's "
+                    f"{name}={limit} (robots are zero-padded up to it, never cropped)"
+                )
+
+
 def build_policy(args: PolicyArgs, data: TrainData) -> SmolVLAPolicy:
-    """A new policy of `args.preset` shaped by the dataset, or the `args.path` checkpoint, with `args` overrides."""
+    """A new policy of `args.preset` shaped by the dataset(s), or the `args.path` checkpoint, with `args` overrides."""
     overrides = args.overrides()
     if args.path is None:
+        config = {**preset_config(args.preset), **overrides}
+        check_widths(data, {name: config.get(name, getattr(SmolVLAConfig, name)) for name in WIDTH_LIMITS.values()})
         inputs, outputs = policy_features(data.features)
         return SmolVLAPolicy.from_preset(args.preset, input_features=inputs, output_features=outputs, **overrides)
+    if data.mixed:
+        raise ConfigError(
+            f"datasets of several robots {[e.name for e in data.embodiments]} with a starting checkpoint "
+            f"({args.path}): fine-tuning (or reflow) onto several embodiments is not supported yet; train them from a "
+            "preset (--policy.preset), or one robot at a time"
+        )
     policy = SmolVLAPolicy.from_pretrained(policy_dir(args.path))
+    check_widths(data, {name: getattr(policy.config, name) for name in WIDTH_LIMITS.values()})
     fixed = [f for f in args.ARCHITECTURE if getattr(args, f) is not None]
     if fixed:
         raise ConfigError(f"--policy.{fixed[0]} changes the architecture and cannot be set with --policy.path")
@@ -117,12 +148,47 @@ def build_policy(args: PolicyArgs, data: TrainData) -> SmolVLAPolicy:
             setattr(policy.config, name, value)
         policy.config.validate()
         policy.apply_freezing()
-    check_compatible(policy, data.features)
+    check_compatible(policy, data.features, data.fill_missing_cameras)
     return policy
 
 
-def build_processors(policy: SmolVLAPolicy, tokenizer: TaskTokenizer, data: TrainData, device: str):
+@dataclass
+class RunProcessors:
+    """A run's processors: what turns a loader batch into the model's (`train`), and what is saved beside the
+    weights (`saved`: objects with `.save(directory)`)."""
+
+    train: Callable[[dict[str, Any]], dict[str, Any]]
+    saved: tuple
+
+    @classmethod
+    def pair(cls, pre: Pipeline, post: Pipeline) -> RunProcessors:
+        return cls(pre, (pre, post))
+
+    @classmethod
+    def load(cls, directory: Path, device: str) -> RunProcessors:
+        """A resumed run's processors, from its checkpoint (one robot's pair, or every embodiment's)."""
+        every = EmbodimentProcessors.load(directory, device)
+        if every is None:
+            return cls.pair(*load_processors(directory, device=device))
+        return cls(MixedPreprocessor([pre for pre, _ in every.pairs.values()]), (every,))
+
+
+def build_processors(policy: SmolVLAPolicy, tokenizer: TaskTokenizer, data: TrainData, device: str) -> RunProcessors:
+    """Normalization from the data, the given tokenizer; with several robots, a pair per embodiment."""
     vocab = policy.vocab_size
     if tokenizer.vocab_size > vocab:
         raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} tokens, more than the model's {vocab} embeddings")
-    return make_processors(policy.config, data.stats, tokenizer, rename_map=data.rename_map, device=device)
+    if not data.mixed:  # a robot lacking some of the policy's cameras is served without them (they are filled)
+        robot = data.embodiments[0].robot() if data.fill_missing_cameras else None
+        pre, post = make_processors(
+            policy.config, data.stats, tokenizer, rename_map=data.rename_map, device=device, robot=robot
+        )
+        return RunProcessors.pair(pre, post)
+    pairs = {
+        e.name: make_processors(
+            policy.config, e.stats, tokenizer, rename_map=e.rename_map, device=device, robot=e.robot()
+        )
+        for e in data.embodiments
+    }
+    every = EmbodimentProcessors(pairs, {e.name: e.summary() for e in data.embodiments})
+    return RunProcessors(MixedPreprocessor([pre for pre, _ in pairs.values()]), (every,))

@@ -41,6 +41,12 @@ class DatasetArgs:
     episode_fraction: tuple[float, ...] = ()
     stats_path: str | None = None  # normalize with these statistics (stats.json format) instead of the datasets'
     verify: bool = True  # cross-check metadata, data files and videos when opening (smolvla check-dataset)
+    episodes: tuple[int, ...] = ()  # only these episodes of the (one) dataset, LeRobot's `--dataset.episodes=[0,1]`
+    # robot name per dataset (datasets of one name share processors and statistics); empty = grouped by features
+    embodiment: tuple[str, ...] = ()
+    # cameras a --policy.path checkpoint expects and the data lacks become black images nothing attends to, in
+    # training and in the saved preprocessor; off, a missing camera is an error naming the rename_map that would fix it
+    fill_missing_cameras: bool = False
 
 
 @dataclass
@@ -130,6 +136,10 @@ class TrainConfig:
             raise ConfigError(
                 f"--dataset.weights has {len(self.dataset.weights)} values for {len(self.dataset.root)} datasets"
             )
+        if self.dataset.episodes and len(self.dataset.root) > 1:
+            raise ConfigError("--dataset.episodes selects episodes of one dataset; several are given")
+        if any(e < 0 for e in self.dataset.episodes):
+            raise ConfigError(f"--dataset.episodes must be episode indices >= 0, got {list(self.dataset.episodes)}")
         if self.dataset.episode_fraction:
             if len(self.dataset.episode_fraction) != len(self.dataset.root):
                 raise ConfigError(

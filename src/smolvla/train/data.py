@@ -18,28 +18,43 @@ from torch.utils.data import Sampler
 from smolvla.data import LeRobotDataset, MultiLeRobotDataset, WeightedDatasetSampler, load_meta, split_episodes
 from smolvla.data.dataset import chunk_delta_timestamps
 from smolvla.data.meta import DatasetError, read_stats
-from smolvla.data.stats import aggregate_stats
 from smolvla.data.verify import verify_dataset
 from smolvla.train.config import DatasetArgs
+from smolvla.train.embodiment import Embodiment, PaddedSamples, group_embodiments, widest_features
 
 
 @dataclass
 class TrainData:
-    train: MultiLeRobotDataset
-    val: MultiLeRobotDataset | None
+    train: MultiLeRobotDataset | PaddedSamples
+    val: MultiLeRobotDataset | PaddedSamples | None
     tasks: list[str]  # every task string of every dataset, in a fixed order (per-task loss ids)
-    stats: dict  # normalization statistics over all datasets, under the policy's names
-    features: dict  # LeRobot feature specs of the first dataset (all must agree), under the policy's names
+    embodiments: list[Embodiment]  # one robot (features, statistics under the policy's names) per group of datasets
     rename_map: dict[str, str]  # dataset key → policy key; the items keep the dataset's keys (the processors rename)
+    fill_missing_cameras: bool = False  # cameras the policy expects and the data lacks: masked black images
+
+    @property
+    def mixed(self) -> bool:
+        """Several robots: samples are padded to the policy's widths, each embodiment has its own processors."""
+        return len(self.embodiments) > 1
+
+    @property
+    def features(self) -> dict:
+        """The LeRobot features the policy is built on (the one robot's; with several, the widest and all cameras)."""
+        return widest_features(self.embodiments)
+
+    @property
+    def stats(self) -> dict:
+        """Normalization statistics of a one-robot run, merged over its datasets."""
+        return self.embodiments[0].stats
 
 
 def load_train_data(
     args: DatasetArgs, chunk_size: int, seed: int, rename_map: dict[str, str] | None = None
 ) -> TrainData:
-    """Open every dataset, hold out `val_fraction` of each one's episodes (then keep `episode_fraction` of the rest),
-    and merge their statistics (or read the fixed ones of `stats_path`); features and statistics under the names
-    `rename_map` gives them."""
-    train, val, stats, tasks = [], [], [], []
+    """Open every dataset (`episodes` of it, if set), hold out `val_fraction` of each one's episodes (then keep
+    `episode_fraction` of the rest), group the datasets into embodiments and merge each one's statistics (or read
+    the fixed ones of `stats_path`); features and statistics under the names `rename_map` gives them."""
+    train, val, metas, stats, tasks = [], [], [], [], []
     fractions = args.episode_fraction or (1.0,) * len(args.root)
     for root, fraction in zip(args.root, fractions, strict=True):
         meta = load_meta(root)
@@ -50,24 +65,52 @@ def load_train_data(
         if meta.stats is None and not args.stats_path:
             raise DatasetError(f"dataset {root} has no meta/stats.json: normalization statistics are required")
         delta = chunk_delta_timestamps(chunk_size, meta.fps)
-        train_eps, val_eps = split_episodes(meta.episode_index.tolist(), args.val_fraction, seed)
+        episodes = selected_episodes(meta.episode_index.tolist(), args.episodes, root)
+        train_eps, val_eps = split_episodes(episodes, args.val_fraction, seed)
         train_eps = episode_subset(train_eps, fraction, seed)
         train.append(LeRobotDataset(root, train_eps, delta, cache_frames=args.cache_frames))
         if val_eps:
             val.append(LeRobotDataset(root, val_eps, delta, cache_frames=args.cache_frames))
+        metas.append(meta)
         stats.append(meta.stats)
         tasks += [t for t in meta.tasks if t not in tasks]
     rename_map = dict(rename_map or {})
-    features = renamed(train[0].meta.features, rename_map, f"dataset {args.root[0]}")
-    merged = read_stats(args.stats_path) if args.stats_path else _merge(stats)
-    return TrainData(
-        train=MultiLeRobotDataset(train),
-        val=MultiLeRobotDataset(val) if val else None,
-        tasks=tasks,
-        stats={rename_map.get(k, k): v for k, v in merged.items()},
-        features=features,
-        rename_map=rename_map,
-    )
+    renames = [{k: v for k, v in rename_map.items() if k in m.features} for m in metas]
+    if len(metas) == 1:
+        renames = [rename_map]  # every entry must apply to the one dataset (`renamed` names what does not)
+    unused = [k for k in rename_map if not any(k in r for r in renames)]
+    if unused:
+        raise DatasetError(f"--rename_map renames {unused}, which none of the datasets {list(args.root)} has")
+    features = [renamed(m.features, r, f"dataset {m.root}") for m, r in zip(metas, renames, strict=True)]
+    if args.stats_path:  # fixed statistics replace the datasets' (set below, once the robots are known)
+        stats = [None] * len(metas)
+    stats = [s and {r.get(k, k): v for k, v in s.items()} for s, r in zip(stats, renames, strict=True)]
+    embodiments = group_embodiments(metas, features, renames, stats, args.embodiment)
+    if args.stats_path:
+        if len(embodiments) > 1:  # one set of statistics cannot normalize two robots
+            raise DatasetError("--dataset.stats_path gives one set of statistics, but the datasets are several robots")
+        embodiments[0].stats = {rename_map.get(k, k): v for k, v in read_stats(args.stats_path).items()}
+    mixed = len(embodiments) > 1
+    train_set = MultiLeRobotDataset(train, same_features=not mixed)
+    val_set = MultiLeRobotDataset(val, same_features=not mixed) if val else None
+    if mixed:
+        features = widest_features(embodiments)
+        train_set = PaddedSamples(train_set, embodiments, features)
+        val_set = PaddedSamples(val_set, embodiments, features) if val_set is not None else None
+    return TrainData(train_set, val_set, tasks, embodiments, rename_map, args.fill_missing_cameras)
+
+
+def selected_episodes(episodes: list[int], wanted: tuple[int, ...], root: str) -> list[int]:
+    """`--dataset.episodes` (LeRobot's flag): those episodes of the dataset, all when unset."""
+    if not wanted:
+        return episodes
+    missing = sorted(set(wanted) - set(episodes))
+    if missing:
+        raise DatasetError(
+            f"--dataset.episodes asks for episodes {missing[:10]} that dataset {root} does not have "
+            f"(it has {len(episodes)}: {episodes[0]}..{episodes[-1]})"
+        )
+    return sorted(set(wanted))
 
 
 def renamed(features: dict[str, dict], rename_map: dict[str, str], where: str) -> dict[str, dict]:
@@ -81,10 +124,6 @@ def renamed(features: dict[str, dict], rename_map: dict[str, str], where: str) -
         if target in features and target not in rename_map:
             raise DatasetError(f"--rename_map renames {source!r} onto {target!r}, which the {where} already has")
     return {rename_map.get(k, k): v for k, v in features.items()}
-
-
-def _merge(stats: list[dict]) -> dict:
-    return stats[0] if len(stats) == 1 else aggregate_stats(stats)
 
 
 def episode_subset(episodes: list[int], fraction: float, seed: int) -> list[int]:

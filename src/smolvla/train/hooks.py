@@ -12,8 +12,7 @@ from typing import Any
 from torch import Tensor
 
 from smolvla.policy import SmolVLAPolicy
-from smolvla.processors import Pipeline
-from smolvla.train.build import build_processors, make_tokenizer
+from smolvla.train.build import RunProcessors, build_processors, make_tokenizer
 from smolvla.train.config import PolicyArgs, TrainConfig
 from smolvla.train.data import TrainData
 
@@ -23,11 +22,9 @@ class TrainHooks:
         """Where a fresh run's policy comes from (its preset or `--policy.path` checkpoint)."""
         return args
 
-    def init_policy(
-        self, policy: SmolVLAPolicy, args: PolicyArgs, data: TrainData, device: str
-    ) -> tuple[Pipeline, Pipeline]:
+    def init_policy(self, policy: SmolVLAPolicy, args: PolicyArgs, data: TrainData, device: str) -> RunProcessors:
         """A fresh run's policy was just built: adjust it if the mode needs to, and return its processors
-        (normalization from the dataset, the checkpoint's or a learnt tokenizer)."""
+        (normalization from the dataset, the checkpoint's or a learnt tokenizer; one pair per robot)."""
         return build_processors(policy, make_tokenizer(args, data.tasks), data, device)
 
     def attach(self, policy: SmolVLAPolicy, config: TrainConfig) -> None:

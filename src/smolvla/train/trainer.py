@@ -24,9 +24,8 @@ from smolvla.data import WeightedDatasetSampler
 from smolvla.errors import CheckpointError, ConfigError
 from smolvla.keys import TASK_KEY
 from smolvla.policy import SmolVLAPolicy
-from smolvla.processors import load_processors
 from smolvla.train import checkpoint as ckpt
-from smolvla.train.build import build_policy, check_compatible, planned_chunk_size
+from smolvla.train.build import RunProcessors, build_policy, check_compatible, planned_chunk_size
 from smolvla.train.config import TrainConfig, check_resumable
 from smolvla.train.data import GlobalBatches, load_train_data
 from smolvla.train.ema import EMA
@@ -85,13 +84,14 @@ class Trainer:
             self.start_step = int(state["progress"]["step"])
             policy = SmolVLAPolicy.from_pretrained(self.resumed_from / ckpt.PRETRAINED_MODEL)
             self.data = load_train_data(cfg.dataset, policy.config.chunk_size, cfg.seed, cfg.rename_map)
-            check_compatible(policy, self.data.features)
-            self.pre, self.post = load_processors(self.resumed_from / ckpt.PRETRAINED_MODEL, device=device)
+            check_compatible(policy, self.data.features, self.data.fill_missing_cameras)
+            self.processors = RunProcessors.load(self.resumed_from / ckpt.PRETRAINED_MODEL, device)
         else:
             args = self.hooks.policy_args(cfg.policy)
             self.data = load_train_data(cfg.dataset, planned_chunk_size(args), cfg.seed, cfg.rename_map)
             policy = build_policy(args, self.data)
-            self.pre, self.post = self.hooks.init_policy(policy, args, self.data, device)
+            self.processors = self.hooks.init_policy(policy, args, self.data, device)
+        self.pre = self.processors.train
         self.policy = policy.to(self.accelerator.device)
         self.hooks.attach(self.policy, cfg)
         trainable = {n: p for n, p in self.policy.named_parameters() if p.requires_grad}
@@ -216,7 +216,7 @@ class Trainer:
             }
 
             def write_pretrained(directory: Path) -> None:
-                self.policy.save_pretrained(directory, processors=(self.pre, self.post))
+                self.policy.save_pretrained(directory, processors=self.processors.saved)
 
             cfg = self.config
             try:
