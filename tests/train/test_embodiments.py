@@ -76,6 +76,10 @@ def test_each_robot_comes_back_in_its_own_width_and_units(mixed, robots):
     assert embodiment_names(mixed) == ["so101", "g1"]  # named by the datasets' robot_type
     with pytest.raises(ConfigError, match=r"several robots \['so101', 'g1'\].*--embodiment=NAME"):
         load_processors(mixed)
+    for saved in mixed.glob("policy_preprocessor*.json"):  # derived steps (fill, pad) are rebuilt, never saved
+        assert not {"smolvla_camera_processor", "smolvla_pad_processor"} & {
+            s["registry_name"] for s in json.loads(saved.read_text())["steps"]
+        }
     for name, (width, cameras, _) in ROBOTS.items():
         pre, post = load_processors(mixed, embodiment=name)
         assert robot_features(pre, post, policy.config) == {
@@ -206,7 +210,9 @@ def test_missing_cameras_are_filled_only_when_asked(robots, tmp_path, capsys):
     out = tmp_path / "filled"
     assert main(["train", *flags, "--dataset.fill_missing_cameras=true", f"--output_dir={out}"]) == 0
     checkpoint = out / "checkpoints/last/pretrained_model"
-    policy = SmolVLAPolicy.from_pretrained(checkpoint)
+    steps = [s["registry_name"] for s in json.loads((checkpoint / "policy_preprocessor.json").read_text())["steps"]]
+    assert "smolvla_camera_processor" not in steps  # LeRobot's steps only: LeRobot loads it as is (it skips
+    policy = SmolVLAPolicy.from_pretrained(checkpoint)  # absent cameras itself); smolvla derives the fill on load
     pre, post = load_processors(checkpoint)
     assert WRIST not in robot_features(pre, post, policy.config)  # a server asks this robot for `top` only
     observation = robot_observation("so101")

@@ -1,7 +1,9 @@
 """SmolVLA's pre- and post-processor pipelines, built from a policy config, dataset stats and a tokenizer.
 
 Preprocessor: rename → batch → newline → tokenize → device → normalize (LeRobot's order and step names, so LeRobot
-loads the files; the optional fill of missing cameras is an extra step LeRobot does not know). Postprocessor:
+loads the files). A robot with fewer cameras or a narrower state than the policy gets two derived steps in memory
+(fill the cameras with masked black images, pad the state), rebuilt on load from what the normalizer lists and never
+saved: LeRobot's SmolVLA does both by itself. Postprocessor:
 unnormalize (crop + unnormalize the whole chunk) → cpu. Both are saved beside the weights in a checkpoint directory
 under LeRobot's file names and reload with `load_processors`.
 """
@@ -15,7 +17,7 @@ from pathlib import Path
 
 from smolvla.errors import CheckpointError, ConfigError
 from smolvla.keys import EMPTY_CAMERA_PREFIX, IMAGE_PREFIX, STATE_KEY
-from smolvla.model.checkpoint import pretrained_dir
+from smolvla.model.checkpoint import CONFIG_NAME, pretrained_dir
 from smolvla.model.config import SmolVLAConfig
 from smolvla.processors.language import NewlineTask, TaskTokenizer, Tokenize
 from smolvla.processors.normalize import Normalize, Stats, Unnormalize
@@ -49,17 +51,13 @@ def make_processors(
     cropped to its width. Raises ConfigError when `stats` lack a feature that is normalized (never a silent
     pass-through).
     """
-    cameras = {k: list(f.shape) for k, f in config.image_features.items() if not k.startswith(EMPTY_CAMERA_PREFIX)}
     features = {**_features(config.input_features), **_features(config.output_features)}
     if robot is not None:
         features = {k: {"type": f["type"], "shape": list(robot[k])} for k, f in features.items() if k in robot}
-    fill = fill_missing_cameras or any(k not in features for k in cameras)
-    pad = features[STATE_KEY]["shape"][-1] < config.state_dim
     pre = Pipeline(
         [
             RenameObservations(rename_map),
             AddBatchDim(),
-            *([CheckCameras(cameras, fill_missing=True)] if fill else []),
             NewlineTask(),
             Tokenize(
                 tokenizer,
@@ -69,23 +67,39 @@ def make_processors(
             ),
             ToDevice(device),
             Normalize(features, config.normalization_mapping, stats),
-            *([PadFeatures({STATE_KEY: config.state_dim})] if pad else []),
         ],
         PREPROCESSOR,
     )
     outputs = {k: v for k, v in features.items() if k in config.output_features}
     post = Pipeline([Unnormalize(outputs, config.normalization_mapping, stats), ToDevice("cpu")], POSTPROCESSOR)
-    return pre, post
+    return with_robot_steps(pre, config, fill_missing_cameras), post
 
 
-def robot_features(pre: Pipeline, post: Pipeline, config: SmolVLAConfig) -> dict[str, list[int]]:
+def with_robot_steps(pre: Pipeline, config: SmolVLAConfig, fill_missing_cameras: bool = False) -> Pipeline:
+    """`pre` plus the derived steps its robot needs (never saved: LeRobot's own SmolVLA pads the state and skips
+    absent cameras by itself): the policy's cameras the normalizer does not list (or all, with
+    `fill_missing_cameras`) filled with masked black images, and a state narrower than the policy's zero-padded
+    after normalization."""
+    steps = [s for s in pre.steps if not s.derived]
+    spec = robot_features(pre, None, config)
+    cameras = {k: list(f.shape) for k, f in config.image_features.items() if not k.startswith(EMPTY_CAMERA_PREFIX)}
+    if fill_missing_cameras or any(k not in spec for k in cameras):
+        after = next((i + 1 for i, s in enumerate(steps) if isinstance(s, AddBatchDim)), 0)
+        steps.insert(after, CheckCameras(cameras, fill_missing=True))
+    if spec[STATE_KEY][-1] < config.state_dim:
+        after = next((i + 1 for i, s in enumerate(steps) if isinstance(s, Normalize)), len(steps))
+        steps.insert(after, PadFeatures({STATE_KEY: config.state_dim}))
+    return Pipeline(steps, pre.name)
+
+
+def robot_features(pre: Pipeline, post: Pipeline | None, config: SmolVLAConfig) -> dict[str, list[int]]:
     """What a robot sends and receives, policy key → shape: its state, cameras and action as the normalizers know
     them (one robot of a several-robot policy has its own widths and cameras), else the policy config's."""
     cameras = [k for k in config.image_features if not k.startswith(EMPTY_CAMERA_PREFIX)]
     spec = {k: list(f.shape) for k, f in {**config.input_features, **config.output_features}.items()}
     spec = {k: v for k, v in spec.items() if k in cameras or not k.startswith(IMAGE_PREFIX)}
     try:
-        known = {**pre.step(Normalize).features, **post.step(Unnormalize).features}
+        known = {**pre.step(Normalize).features, **(post.step(Unnormalize).features if post is not None else {})}
     except KeyError:  # a pipeline without normalization: the policy's own features
         return spec
     if any(k in known for k in cameras):  # the normalizer lists cameras: the robot has those
@@ -123,6 +137,8 @@ def load_processors(
             "`smolvla eval --policy.embodiment=NAME`): its state and action widths, cameras and normalization"
         )
     pre, post = Pipeline.load(directory, PREPROCESSOR + suffix), Pipeline.load(directory, POSTPROCESSOR + suffix)
+    if (directory / CONFIG_NAME).is_file():  # the robot's derived steps, from the policy it feeds
+        pre = with_robot_steps(pre, SmolVLAConfig.from_json(directory / CONFIG_NAME))
     for step in pre.steps:
         if isinstance(step, ToDevice) and device is not None:
             step.device = str(device)

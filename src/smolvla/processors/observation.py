@@ -64,6 +64,7 @@ class CheckCameras(ProcessorStep):
     """
 
     registry_name = "smolvla_camera_processor"
+    derived = True  # a checkpoint's robot lacks the cameras its normalizer does not list (`load_processors`)
 
     def __init__(self, cameras: dict[str, list[int]], fill_missing: bool = False):
         self.cameras = {k: list(v) for k, v in cameras.items()}
@@ -117,6 +118,7 @@ class PadFeatures(ProcessorStep):
     """Zero-pad the last dim of vector features to fixed widths (e.g. robots of different DOF in one batch)."""
 
     registry_name = "smolvla_pad_processor"
+    derived = True  # a checkpoint's robot is narrower than the policy when its normalizer says so
 
     def __init__(self, widths: dict[str, int]):
         self.widths = {k: int(v) for k, v in widths.items()}

@@ -28,6 +28,9 @@ class ProcessorStep:
 
     registry_name: ClassVar[str] = ""
     aliases: ClassVar[tuple[str, ...]] = ()
+    # A derived step is rebuilt from the checkpoint when its pipeline loads (`smolvla.processors.load_processors`)
+    # and never saved, so the files keep LeRobot's steps only and LeRobot loads them as they are.
+    derived: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -81,10 +84,11 @@ class Pipeline:
         return f"Pipeline({self.name!r}, {self.steps})"
 
     def save(self, directory: str | Path) -> None:
-        """Write `<name>.json` and the step state files into an existing directory (callers make it atomic)."""
+        """Write `<name>.json` and the step state files into an existing directory (callers make it atomic); derived
+        steps are left out."""
         directory = Path(directory)
         entries = []
-        for i, step in enumerate(self.steps):
+        for i, step in enumerate(s for s in self.steps if not s.derived):
             entry: dict[str, Any] = {"registry_name": step.registry_name, "config": step.get_config()}
             state = step.state_dict()
             if state:

@@ -52,11 +52,13 @@ def check_compatible(policy: SmolVLAPolicy, features: dict[str, dict[str, Any]],
     missing = [k for k in cfg.image_features if not k.startswith(EMPTY_CAMERA_PREFIX) and k not in inputs]
     if missing and not fill_missing_cameras:
         unused = [k for k in dataset_cams if k not in cfg.image_features]
-        fix = json.dumps(dict(zip(unused, missing, strict=False)))
+        fill = "let the policy see masked black images in their place with --dataset.fill_missing_cameras=true"
+        if unused:  # dataset cameras the policy does not know: perhaps the same cameras under other names
+            fix = json.dumps(dict(zip(unused, missing, strict=False)))
+            fill = f"map the dataset's names onto the policy's with --rename_map='{fix}' (check the pairing), {fill}"
         raise DatasetError(
-            f"the dataset lacks the policy's cameras {missing}; it has {sorted(dataset_cams)}: map the dataset's "
-            f"names onto the policy's with --rename_map='{fix}' (check the pairing), let the policy see black "
-            "images nothing attends to in their place with --dataset.fill_missing_cameras=true, or train a new policy"
+            f"the dataset lacks the policy's cameras {missing}; it has {sorted(dataset_cams)}: {fill}, or train a new "
+            "policy"
         )
     for key, want, have in (
         (STATE_KEY, cfg.state_dim, inputs[STATE_KEY]),
