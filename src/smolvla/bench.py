@@ -8,7 +8,9 @@ preset's architecture; inputs follow LeRobot's reference measurement: 96×128 ca
 to the preset's resolution), 48 language tokens, one 6-D state.
 
 Modes: `eager`; `compiled` (`compile_inference()`: prefix encoder and velocity compiled separately);
-`compiled_chunk` (`compile_inference(whole_chunk=True)`: the whole chunk as one graph, one compile per step count).
+`compiled_chunk` (`compile_inference(whole_chunk=True)`: the whole chunk as one graph, one compile per step count);
+`onnx` / `onnx_int8` (`smolvla export` of the same weights, verified, run on ONNX Runtime; fp32 rows only, the
+export's seconds in the compile column).
 bf16 inference casts the weights; bf16 training uses autocast over fp32 weights (what mixed-precision training
 does). Writes a JSON file (atomically) and prints a markdown table.
 """
@@ -20,7 +22,9 @@ import ctypes
 import json
 import os
 import platform
+import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,10 +39,12 @@ from smolvla.flags import to_mapping
 from smolvla.keys import ACTION_KEY, IMAGE_PREFIX, LANG_MASK, LANG_TOKENS, STATE_KEY
 from smolvla.model.presets import PRESETS as ARCHITECTURES
 from smolvla.policy import SmolVLAPolicy
+from smolvla.runtime.export import ensure_export
+from smolvla.runtime.onnx_policy import OnnxPolicy
 from smolvla.timing import timed
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-MODES = ("eager", "compiled", "compiled_chunk")
+MODES = ("eager", "compiled", "compiled_chunk", "onnx", "onnx_int8")
 PRESETS = tuple(ARCHITECTURES)
 
 
@@ -48,7 +54,7 @@ class BenchConfig:
     cameras: tuple[int, ...] = (1,)
     batch_sizes: tuple[int, ...] = (1,)
     dtypes: tuple[str, ...] = ("fp32",)  # fp32, bf16
-    modes: tuple[str, ...] = ("eager",)  # eager, compiled, compiled_chunk
+    modes: tuple[str, ...] = ("eager",)  # eager, compiled, compiled_chunk, onnx, onnx_int8
     steps: tuple[int, ...] = (1, 2, 5, 10)  # denoising steps per timed chunk
     train: bool = True  # also time a training step (eager rows only)
     reps: int = 3  # timed repetitions per measurement (median reported), after one warm-up call
@@ -177,10 +183,16 @@ def make_batch(policy, batch_size: int, language_tokens: int, device: str) -> di
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def variant(policy, dtype: str, mode: str):
-    """A copy of `policy` in `dtype`, compiled per `mode` (the original stays fp32, eager, for training rows)."""
+def variant(policy, dtype: str, mode: str, scratch: Path):
+    """A copy of `policy` in `dtype`, compiled per `mode` (the original stays fp32, eager, for training rows), or
+    its ONNX export (written under `scratch`, once per policy and mode)."""
     if dtype == "fp32" and mode == "eager":
         return policy.eval()
+    if mode.startswith("onnx"):
+        checkpoint = scratch / f"policy-{id(policy)}"
+        if not checkpoint.is_dir():
+            policy.save_pretrained(checkpoint)
+        return OnnxPolicy(ensure_export(checkpoint, "int8" if mode == "onnx_int8" else "none"))
     with no_init_weights():
         copy = SmolVLAPolicy(policy.config, policy.backbone)
     copy.load_state_dict(policy.state_dict())
@@ -210,12 +222,15 @@ def workload(policy, batch: dict[str, torch.Tensor], config: BenchConfig) -> Wor
     return Workload(policy.eval(), batch, one + (max(config.steps) - 1) * per_step, train)
 
 
-def bench_variant(work: Workload, dtype: str, mode: str, config: BenchConfig, peak: float) -> dict[str, Any]:
+def bench_variant(
+    work: Workload, dtype: str, mode: str, config: BenchConfig, peak: float, scratch: Path
+) -> dict[str, Any]:
     device = config.resolved_device
     policy, batch = work.policy, work.batch
-    model = variant(policy, dtype, mode)
+    started = time.perf_counter()
+    model = variant(policy, dtype, mode, scratch)
     row: dict[str, Any] = {"dtype": dtype, "mode": mode}
-    compile_s = None
+    compile_s = round(time.perf_counter() - started, 1) if mode.startswith("onnx") else None
     for steps in config.steps:
         first, seconds = timed(lambda n=steps: model.predict_chunk(batch, num_steps=n), config.reps, device)
         if compile_s is None and mode != "eager":
@@ -277,6 +292,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     peaks = {dtype: matmul_peak_gflops(DTYPES[dtype], device) for dtype in config.dtypes}
     print(markdown_table([], config), flush=True)
     rows = []
+    scratch = tempfile.TemporaryDirectory(prefix="smolvla-bench-")  # ONNX exports of the random-weight policies
     for preset in config.presets:
         for cameras in config.cameras:
             policy = build_policy(preset, cameras, config.image_size, device)
@@ -284,13 +300,16 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
                 work = workload(policy, make_batch(policy, batch_size, config.language_tokens, device), config)
                 for dtype in config.dtypes:
                     for mode in config.modes:
+                        if mode.startswith("onnx") and dtype != "fp32":
+                            continue  # an export is fp32 (or int8 weights): no bf16 row
                         row = {"preset": preset, "params_m": round(policy.num_parameters() / 1e6, 1),
                                "cameras": cameras, "batch": batch_size}  # fmt: skip
-                        row |= bench_variant(work, dtype, mode, config, peaks[dtype])
+                        row |= bench_variant(work, dtype, mode, config, peaks[dtype], Path(scratch.name))
                         row["peak_gflops"] = round(peaks[dtype], 1)
                         print(format_row(row, config), flush=True)
                         rows.append(row)
             del policy, work
+    scratch.cleanup()
     result = {"machine": machine_info(device), "config": to_mapping(config), "rows": rows}
     atomic_write_text(Path(config.output), json.dumps(result, indent=2) + "\n")
     return result

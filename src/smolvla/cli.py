@@ -19,6 +19,8 @@ Commands:
   demo     the whole loop on a built-in default: collect Meta-World demos, train a small SmolVLA, evaluate it.
   eval     run a policy (a checkpoint, `expert` or `random`) closed-loop on Meta-World tasks: success per task and
            difficulty, episode length, chunk latency; JSON, a bar chart and rollout videos.
+  export   a checkpoint as ONNX graphs (prefix encoder + expert velocity step), fp32 or `--quantize=int8`, verified
+           against PyTorch; `--runtime=onnx` on serve / eval / bench uses (and writes, once) such an export.
   bench    time chunks (1/2/5/10 steps) and training steps of the tiny / full-size architectures on this machine:
            cameras, batch, fp32/bf16, eager/compiled; peak memory, FLOPs and the fraction of the matmul peak.
 
@@ -125,6 +127,18 @@ def bench(config) -> int:
     return 0
 
 
+def export(config) -> int:
+    import json
+
+    from smolvla.runtime.export import export_policy
+    from smolvla.runtime.onnx_policy import MANIFEST
+
+    directory = export_policy(config)
+    verify = json.loads((directory / MANIFEST).read_text())["verify"]
+    print(f"exported {directory} ({config.quantize}); chunk vs PyTorch: max |Δ| {verify['max_abs_chunk_diff']:.3g}")
+    return 0
+
+
 def evaluate(config) -> int:
     from smolvla.eval.evaluate import evaluate as run
 
@@ -149,6 +163,7 @@ _COMMANDS = {
     "client": ("smolvla.serve.drive", "RunClientConfig", client),
     "demo": ("smolvla.demo", "DemoConfig", demo),
     "bench": ("smolvla.bench", "BenchConfig", bench),
+    "export": ("smolvla.runtime.export", "ExportConfig", export),
 }
 # Commands whose point is latency: their OpenMP threads keep libgomp's default of spinning briefly between ops.
 # Every other command sleeps them at once (PASSIVE), which leaves the cores to data-loader and simulator

@@ -38,7 +38,32 @@ from smolvla.processors import EmbodimentProcessors, Pipeline
 REDUCTIONS = ("mean", "none", "sum_count")
 
 
-class SmolVLAPolicy(nn.Module):
+class ActionQueue:
+    """`select_action` over `predict_chunk`: one action per control step, a new chunk every `n_action_steps` calls.
+    Shared by every runtime (PyTorch here, ONNX Runtime in `smolvla.runtime`) so they queue identically."""
+
+    def reset(self) -> None:
+        """Forget queued actions; call at every episode start."""
+        self._queue: Tensor | None = None
+        self._queue_pos = 0
+
+    @property
+    def will_predict(self) -> bool:
+        """True when the next `select_action` computes a new chunk (the expensive call) rather than dequeuing."""
+        return self._queue is None or self._queue_pos >= self.config.n_action_steps
+
+    @torch.no_grad()
+    def select_action(self, batch: dict[str, Any]) -> Tensor:
+        """One action (B, action_dim) per call; a new chunk is predicted every n_action_steps calls."""
+        if self.will_predict:
+            self._queue = self.predict_chunk(batch)[:, : self.config.n_action_steps]
+            self._queue_pos = 0
+        action = self._queue[:, self._queue_pos]
+        self._queue_pos += 1
+        return action
+
+
+class SmolVLAPolicy(ActionQueue, nn.Module):
     """SmolVLA policy: `compute_loss` for training, `predict_chunk` / `select_action` for control."""
 
     def __init__(self, config: SmolVLAConfig, backbone: Backbone | None = None):
@@ -213,26 +238,6 @@ class SmolVLAPolicy(nn.Module):
             self.model.encode = torch.compile(self.model.encode, mode=mode)
             self.model.velocity = torch.compile(self.model.velocity, mode=mode)
         return self
-
-    def reset(self) -> None:
-        """Forget queued actions; call at every episode start."""
-        self._queue: Tensor | None = None
-        self._queue_pos = 0
-
-    @property
-    def will_predict(self) -> bool:
-        """True when the next `select_action` computes a new chunk (the expensive call) rather than dequeuing."""
-        return self._queue is None or self._queue_pos >= self.config.n_action_steps
-
-    @torch.no_grad()
-    def select_action(self, batch: dict[str, Any]) -> Tensor:
-        """One action (B, action_dim) per call; a new chunk is predicted every n_action_steps calls."""
-        if self.will_predict:
-            self._queue = self.predict_chunk(batch)[:, : self.config.n_action_steps]
-            self._queue_pos = 0
-        action = self._queue[:, self._queue_pos]
-        self._queue_pos += 1
-        return action
 
     # --- introspection ---
     def num_parameters(self, trainable_only: bool = False) -> int:

@@ -16,9 +16,9 @@ import torch
 from smolvla.errors import CheckpointError, ConfigError
 from smolvla.keys import IMAGE_PREFIX, STATE_KEY, TASK_KEY
 from smolvla.model.checkpoint import pretrained_dir
-from smolvla.policy import SmolVLAPolicy
 from smolvla.processors import ImagesToFloat, RenameObservations, load_processors
 from smolvla.processors.factory import robot_features, robot_names
+from smolvla.runtime import load_policy
 from smolvla.sim.agents import ExpertAgent, RandomAgent
 
 BUILTIN_AGENTS = ("expert", "random")
@@ -49,9 +49,11 @@ class SmolVLAAgent:
         num_steps: int | None = None,
         rename_map: dict | None = None,
         embodiment: str | None = None,
+        runtime: str = "torch",
     ) -> SmolVLAAgent:
-        """`embodiment`: which robot's processors, for a policy trained on several."""
-        policy = SmolVLAPolicy.from_pretrained(path, device=device)
+        """`embodiment`: which robot's processors, for a policy trained on several; `runtime`: torch, onnx or
+        onnx_int8 (`smolvla.runtime`)."""
+        policy = load_policy(path, runtime, device)
         if num_steps is not None:
             policy.config.num_steps = int(num_steps)
         return cls(policy, *load_processors(path, device=device, embodiment=embodiment), rename_map=rename_map)
@@ -103,6 +105,7 @@ class AgentFactory:
     noise_std: float = 0.0
     rename_map: tuple[tuple[str, str], ...] = ()  # env key → checkpoint key (a tuple: the recipe stays hashable)
     embodiment: str | None = None
+    runtime: str = "torch"
 
     def __call__(self) -> Any:
         if self.path == "expert":
@@ -114,5 +117,5 @@ class AgentFactory:
         except CheckpointError as e:
             raise ConfigError(f"--policy.path={self.path!r} is neither {BUILTIN_AGENTS} nor a checkpoint: {e}") from e
         return SmolVLAAgent.from_pretrained(
-            directory, self.device, self.num_steps, dict(self.rename_map), embodiment=self.embodiment
+            directory, self.device, self.num_steps, dict(self.rename_map), self.embodiment, self.runtime
         )

@@ -51,6 +51,7 @@ class EvalConfig:
     output_dir: str = "outputs/eval"
     # env key → the key the checkpoint expects, LeRobot's JSON form: '{"observation.images.corner2": "...camera1"}'
     rename_map: dict[str, str] = field(default_factory=dict)
+    runtime: str = "torch"  # torch | onnx | onnx_int8 (exported once beside the checkpoint, then reused)
 
 
 def _mean(values: list[float]) -> float | None:
@@ -140,7 +141,8 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     tasks = resolve_tasks(config.env.task)
     policy = config.policy
     factory = AgentFactory(policy.path, policy.device, policy.num_steps,
-                           rename_map=tuple(config.rename_map.items()), embodiment=policy.embodiment)  # fmt: skip
+                           rename_map=tuple(config.rename_map.items()), embodiment=policy.embodiment,
+                           runtime=config.runtime)  # fmt: skip
     env = dataclasses.replace(config.env)
     if config.policy.path not in ("expert", "random"):
         agent = factory()  # load once here to read the cameras and image size it was trained with

@@ -115,13 +115,14 @@ class Backbone:
     repo_id: str | None = None  # resolved from the Hugging Face cache: checkpoints keep naming it by this id
 
     def transformers_config(self, num_text_layers: int | None = None):
-        """The `transformers.SmolVLMConfig`, keeping only the text layers SmolVLA uses (the rest are never built)."""
+        """The `transformers.SmolVLMConfig`, keeping only the text layers SmolVLA uses (the rest are never built).
+
+        More layers than the backbone has means all of them, as in LeRobot (it slices `layers[:num_vlm_layers]`):
+        a LeRobot checkpoint saying `num_vlm_layers: 16` over a 4-layer backbone loads with its 4 layers."""
         raw = copy.deepcopy(self.config)
         if num_text_layers is not None:
             available = raw["text_config"].get("num_hidden_layers", 0)
-            if num_text_layers > available:
-                raise ConfigError(f"num_vlm_layers={num_text_layers} exceeds the backbone's {available} text layers")
-            raw["text_config"]["num_hidden_layers"] = num_text_layers
+            raw["text_config"]["num_hidden_layers"] = min(num_text_layers, available)
         raw.pop("architectures", None)
         raw.pop("model_type", None)
         cfg = SmolVLMConfig(**raw)

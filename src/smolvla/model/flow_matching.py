@@ -72,7 +72,8 @@ class VLAFlowMatching(nn.Module):
         dtype = self.state_proj.weight.dtype
         images = [img.to(dtype) for img in prefix.images]
         if len({img.shape for img in images}) == 1:  # all cameras through the vision tower in one batch
-            image_embs = vlm.embed_images(torch.cat(images)).split(batch)
+            stacked = vlm.embed_images(torch.cat(images)).unflatten(0, (len(images), batch))
+            image_embs = [stacked[i] for i in range(len(images))]  # indexing, not split: exports to ONNX cleanly
         else:
             image_embs = [vlm.embed_images(img) for img in images]
         special = self.config.add_image_special_tokens
@@ -99,8 +100,7 @@ class VLAFlowMatching(nn.Module):
 
         embs, pads = torch.cat(embs, dim=1), torch.cat(pads, dim=1)
         flags = torch.zeros_like(pads)
-        state_index = pads.shape[1] - 1
-        flags[:, state_index] = True
+        flags[:, -1] = True  # the state token (the last one: an index that stays right for any language length)
         extra = self.config.prefix_length - pads.shape[1]
         if extra > 0:  # fixed-length prefix: zero embeddings, invalid, flag 0
             embs = F.pad(embs, (0, 0, 0, extra))

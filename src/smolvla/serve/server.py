@@ -16,8 +16,8 @@ import grpc
 
 from smolvla.errors import ConfigError
 from smolvla.model.checkpoint import WEIGHTS_NAME, pretrained_dir, weights_sha256
-from smolvla.policy import SmolVLAPolicy
 from smolvla.processors import load_processors
+from smolvla.runtime import load_policy
 from smolvla.serve import protocol as proto
 from smolvla.serve.protocol import ProtocolError
 from smolvla.serve.service import PolicyService, ServeConfig, ServerBusyError
@@ -65,7 +65,7 @@ class PolicyServer:
         config.validate()
         self.config = config
         if service is None:
-            policy = SmolVLAPolicy.from_pretrained(config.policy_path, device=config.device)
+            policy = load_policy(config.policy_path, config.runtime, config.device)
             processors = load_processors(config.policy_path, device=config.device, embodiment=config.embodiment)
             service = PolicyService(policy, *processors, config)
         self.service = service
@@ -78,7 +78,8 @@ class PolicyServer:
         tls = "TLS" if self.config.tls_cert else "no TLS"
         weights = pretrained_dir(self.config.policy_path)
         sha = weights_sha256(weights)[:12] if (weights / WEIGHTS_NAME).is_file() else "unknown"
-        return f"serving {weights} (weights sha256 {sha}) on {self.config.host}:{self.port} ({auth}, {tls})"
+        where = f"{self.config.host}:{self.port} ({auth}, {tls}, runtime {self.config.runtime})"
+        return f"serving {weights} (weights sha256 {sha}) on {where}"
 
     def start(self) -> int:
         limit = int(self.config.max_message_mb * 2**20)

@@ -22,6 +22,7 @@ from smolvla.keys import ACTION_KEY, IMAGE_PREFIX, STATE_KEY, TASK_KEY
 from smolvla.model.rectified_flow import Inpainting
 from smolvla.processors import ImagesToFloat, Normalize, RenameObservations
 from smolvla.processors.factory import robot_features, robot_names
+from smolvla.runtime import check_runtime
 from smolvla.serve import protocol as proto
 from smolvla.serve.protocol import ProtocolError
 
@@ -53,6 +54,7 @@ class ServeConfig:
     # robot key → the key the checkpoint expects, LeRobot's JSON form: lets robots keep their own camera names
     rename_map: dict[str, str] = field(default_factory=dict)
     embodiment: str | None = None  # which robot's processors, for a policy trained on several (embodiments.json)
+    runtime: str = "torch"  # torch | onnx | onnx_int8 (exported once beside the checkpoint, then reused)
 
     def validate(self) -> None:
         if not self.policy_path:
@@ -68,6 +70,7 @@ class ServeConfig:
                 raise ConfigError(f"--{name} must be positive, got {value}")
         if self.batch_window_ms < 0 or self.rtc_max_guidance <= 0:
             raise ConfigError("--batch_window_ms must be >= 0 and --rtc_max_guidance > 0")
+        check_runtime(self.runtime)
         if self.num_steps is not None and not 1 <= self.num_steps <= MAX_STEPS:
             raise ConfigError(f"--num_steps must be in 1..{MAX_STEPS}, got {self.num_steps}")
 
@@ -170,6 +173,11 @@ class PolicyService:
     def queued_actions(self, request: Any) -> tuple[torch.Tensor, int]:
         """Real-time chunking's queued actions: (L, action_dim) finite float32 robot actions, 1 <= L <= chunk,
         normalized like the training targets, and 0 <= frozen_steps <= L."""
+        if not getattr(self.policy, "supports_guidance", True):
+            raise ProtocolError(
+                "this server's runtime cannot guide sampling (real-time chunking needs a backward pass through the "
+                "expert: serve with --runtime=torch); send no queued_actions"
+            )
         actions = proto.decode_tensor(request.queued_actions)
         chunk, dims = self.policy.config.chunk_size, self.action_dim
         if actions.dtype != np.float32 or actions.shape[1:] != (dims,) or not 1 <= len(actions) <= chunk:
