@@ -166,6 +166,11 @@ def test_explicit_embodiment_names(robots, tmp_path):
     assert [e.name for e in data.embodiments] == ["arm", "humanoid"]
     with pytest.raises(DatasetError, match="both embodiment 'arm' but their features differ"):
         load_train_data(DatasetArgs(root=roots, embodiment=("arm", "arm")), 3, 0)
+    with pytest.raises(DatasetError, match="must be letters, digits"):  # several robots: names become file names
+        load_train_data(DatasetArgs(root=roots, embodiment=("my arm", "g1")), 3, 0)
+    odd = tmp_path / "my robot (v2)"  # one robot: its directory's name is never a file name, any name works
+    shutil.copytree(robots["so101"], odd)
+    assert load_train_data(DatasetArgs(root=(str(odd),)), 3, 0).embodiments[0].name == "so101"
 
 
 def test_dataset_episodes_selects_episodes(robots):

@@ -93,7 +93,7 @@ def group_embodiments(
         distinct = all(robot_types) and len(set(robot_types)) == len(robot_types)
         for e, robot_type in zip(embodiments, robot_types, strict=True):
             e.name = robot_type if distinct else Path(metas[e.datasets[0]].root).name
-    for e in embodiments:
+    for e in embodiments if len(embodiments) > 1 else ():  # names become file names only with several robots
         if not NAME.fullmatch(e.name):
             raise DatasetError(f"embodiment name {e.name!r} must be letters, digits, '_', '-' or '.' (a file name)")
     if len({e.name for e in embodiments}) != len(embodiments):
