@@ -27,7 +27,7 @@ from smolvla.runtime.graphs import OPSET, PREFIX_GRAPH, VELOCITY_GRAPH, export_g
 from smolvla.runtime.onnx_policy import MANIFEST, OnnxPolicy, read_manifest
 from smolvla.runtime.quantize import QUANTIZATIONS, quantize_graph
 
-FORMAT = 1
+FORMAT = 2  # 2: opset 23 graphs
 
 
 @dataclass
@@ -137,8 +137,13 @@ def ensure_export(path: str | Path, quantize: str = "none") -> Path:
 def check_matches(export: Path, checkpoint: Path) -> None:
     """The export was made from exactly these weights, in this format."""
     manifest = read_manifest(export)
+    if manifest.get("format") != FORMAT:
+        raise ConfigError(
+            f"the ONNX export {export} is in format {manifest.get('format')}, this smolvla writes and runs format "
+            f"{FORMAT}: export again with `smolvla export --policy.path={checkpoint}` (it replaces {export.name}/)"
+        )
     have, want = manifest.get("weights_sha256"), weights_sha256(checkpoint)
-    if have != want or manifest.get("format") != FORMAT:
+    if have != want:
         raise ConfigError(
             f"the ONNX export {export} does not match {checkpoint} (exported from weights sha256 {str(have)[:12]}, "
             f"the checkpoint's are {want[:12]}): export again with `smolvla export --policy.path={checkpoint}` "

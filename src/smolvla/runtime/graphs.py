@@ -19,7 +19,9 @@ from torch import Tensor, nn
 from smolvla.model.flow_matching import Prefix, VLAFlowMatching
 from smolvla.model.vlm_with_expert import PrefixCache
 
-OPSET = 18
+# Opset 23 has ONNX's Attention op: SDPA exports as one node instead of MatMul/Softmax/Where/IsNaN, which ONNX
+# Runtime then fuses. Measured on the full-size prefix graph, this CPU: 2.48 s at opset 18, 1.42 s at 23.
+OPSET = 23
 PREFIX_GRAPH = "prefix.onnx"
 VELOCITY_GRAPH = "velocity.onnx"
 PREFIX_INPUTS = ("image_masks", "lang_tokens", "lang_masks", "state")  # then image_0 .. image_{n-1}

@@ -1,9 +1,9 @@
 """int8 weights for an exported graph: ONNX Runtime's dynamic quantization of the weight matmuls only.
 
 Only MatMul/Gemm nodes with a constant weight are quantized (weights int8 per output channel, activations quantized
-on the fly). Attention's matmuls between activations (QKᵀ, softmax·V), softmax, norms, RoPE and everything else
-stay fp32: that is where dynamic int8 loses the most accuracy for the least time (the issue's measurement on the
-vision tower: a max error of 0.42 on outputs of std 2.2 when everything was quantized).
+on the fly). Attention (one `Attention` node at opset 23; any matmul between activations), softmax, norms, RoPE and
+everything else stay fp32: that is where dynamic int8 loses the most accuracy for the least time (the issue's
+measurement on the vision tower: a max error of 0.42 on outputs of std 2.2 when everything was quantized).
 """
 
 from __future__ import annotations
