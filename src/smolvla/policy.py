@@ -39,8 +39,9 @@ REDUCTIONS = ("mean", "none", "sum_count")
 
 
 class ActionQueue:
-    """`select_action` over `predict_chunk`: one action per control step, a new chunk every `n_action_steps` calls.
-    Shared by every runtime (PyTorch here, ONNX Runtime in `smolvla.runtime`) so they queue identically."""
+    """`select_action` over `predict_chunk`: one action per control step, a new chunk every `n_action_steps` calls,
+    and the checks of a chunk's noise and step count. Shared by every runtime (PyTorch here, ONNX Runtime in
+    `smolvla.runtime`) so they sample and queue identically."""
 
     def reset(self) -> None:
         """Forget queued actions; call at every episode start."""
@@ -51,6 +52,19 @@ class ActionQueue:
     def will_predict(self) -> bool:
         """True when the next `select_action` computes a new chunk (the expensive call) rather than dequeuing."""
         return self._queue is None or self._queue_pos >= self.config.n_action_steps
+
+    def sampling_inputs(self, batch_size: int, noise: Tensor | None, num_steps: int | None) -> tuple[Tensor, int]:
+        """A chunk's starting noise (B, chunk_size, max_action_dim) on the policy's device, drawn when not given, and
+        its number of Euler steps (the config's when not given), both checked."""
+        cfg = self.config
+        shape = (batch_size, cfg.chunk_size, cfg.max_action_dim)
+        if noise is None:
+            noise = torch.randn(shape, dtype=torch.float32, device=self.device)
+        check_shape("noise", noise, shape)
+        steps = cfg.num_steps if num_steps is None else int(num_steps)
+        if steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {steps}")
+        return noise.to(self.device), steps
 
     @torch.no_grad()
     def select_action(self, batch: dict[str, Any]) -> Tensor:
@@ -211,16 +225,9 @@ class SmolVLAPolicy(ActionQueue, nn.Module):
         """Sample an action chunk (B, chunk_size, action_dim) in model (normalized) space; `inpainting` (real-time
         chunking) guides it towards actions still queued from the previous chunk (run under no_grad, not
         inference_mode: the guidance differentiates through the expert)."""
-        cfg = self.config
         prefix = self.prepare_observation(batch)
-        shape = (prefix.state.shape[0], cfg.chunk_size, cfg.max_action_dim)
-        if noise is None:
-            noise = torch.randn(shape, dtype=torch.float32, device=self.device)
-        check_shape("noise", noise, shape)
-        steps = cfg.num_steps if num_steps is None else int(num_steps)
-        if steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {steps}")
-        return self.model.sample(prefix, noise.to(self.device), steps, inpainting=inpainting)[..., : cfg.action_dim]
+        noise, steps = self.sampling_inputs(prefix.state.shape[0], noise, num_steps)
+        return self.model.sample(prefix, noise, steps, inpainting=inpainting)[..., : self.config.action_dim]
 
     def compile_inference(self, mode: str | None = None, whole_chunk: bool = False) -> SmolVLAPolicy:
         """Compile what inference repeats with `torch.compile`. By default the two functions separately — the

@@ -107,15 +107,20 @@ def robot_features(pre: Pipeline, post: Pipeline | None, config: SmolVLAConfig) 
     return {k: list(known[k]["shape"]) if k in known else v for k, v in spec.items()}
 
 
+def _embodiments(directory: Path) -> dict[str, dict]:
+    """`embodiments.json` of a checkpoint: robot name → its summary ({} for a one-robot checkpoint)."""
+    path = directory / EMBODIMENTS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return dict(json.loads(path.read_text())["embodiments"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} is not an embodiments file: {e}") from e
+
+
 def embodiment_names(directory: str | Path) -> list[str]:
     """The robots a mixed-embodiment checkpoint has processors for ([] for a one-robot checkpoint)."""
-    path = pretrained_dir(directory) / EMBODIMENTS_FILE
-    if not path.is_file():
-        return []
-    try:
-        return list(json.loads(path.read_text())["embodiments"])
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path} is not an embodiments file: {e}") from e
+    return list(_embodiments(pretrained_dir(directory)))
 
 
 def load_processors(
@@ -171,11 +176,8 @@ class EmbodimentProcessors:
     def load(cls, directory: str | Path, device: str | None = None) -> EmbodimentProcessors | None:
         """Every embodiment's pipelines of a checkpoint, or None for a one-robot checkpoint."""
         directory = pretrained_dir(directory)
-        names = embodiment_names(directory)
-        if not names:
-            return None
-        info = json.loads((directory / EMBODIMENTS_FILE).read_text())["embodiments"]
-        return cls({n: load_processors(directory, device, embodiment=n) for n in names}, info)
+        info = _embodiments(directory)
+        return cls({n: load_processors(directory, device, embodiment=n) for n in info}, info) if info else None
 
 
 def robot_names(pre: Pipeline, rename_map: dict[str, str] | None = None) -> Callable[[str], str]:

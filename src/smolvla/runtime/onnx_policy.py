@@ -4,7 +4,7 @@
 An export directory (`smolvla export`) is self-contained: the two graphs, the checkpoint's config and processors, and
 `manifest.json` tying them to the weights they came from. Observations are checked and brought to model space by the
 same code as the PyTorch policy (`smolvla.model.batch`); the Euler loop runs here, one velocity-graph call per step,
-with the prefix cache kept as ONNX Runtime values between steps (no copies back into numpy).
+with the prefix cache's arrays passed back to every step as they came out.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import torch
 from torch import Tensor
 
 from smolvla.errors import CheckpointError, ConfigError
-from smolvla.model.batch import check_shape, prepare_observation
+from smolvla.model.batch import prepare_observation
 from smolvla.model.checkpoint import CONFIG_NAME
 from smolvla.model.config import SmolVLAConfig
+from smolvla.model.rectified_flow import euler_sample
 from smolvla.policy import ActionQueue
 from smolvla.runtime.graphs import PREFIX_GRAPH, VELOCITY_GRAPH, cache_names, prefix_inputs
 
@@ -76,6 +77,7 @@ class OnnxPolicy(ActionQueue):
         options = session_options(threads)
         self.prefix_session = ort.InferenceSession(str(self.directory / PREFIX_GRAPH), options, providers=providers)
         self.velocity_session = ort.InferenceSession(str(self.directory / VELOCITY_GRAPH), options, providers=providers)
+        self.prefix_names = [i.name for i in self.prefix_session.get_inputs()]
         self.cache_names = cache_names(self.manifest["layers"])
         self.vocab_size = int(self.manifest["vocab_size"])
         self.device = torch.device("cpu")  # inputs and outputs live on the host; the provider places the work
@@ -92,27 +94,20 @@ class OnnxPolicy(ActionQueue):
         self, batch: dict[str, Any], noise: Tensor | None = None, num_steps: int | None = None, inpainting=None
     ) -> Tensor:
         """Sample an action chunk (B, chunk_size, action_dim) in model (normalized) space, as
-        `SmolVLAPolicy.predict_chunk` does (same Euler time grid: t_k = 1 - k / num_steps)."""
+        `SmolVLAPolicy.predict_chunk` does: the same checks and the same Euler loop (`euler_sample`), with the
+        velocity graph in place of the expert."""
         if inpainting is not None:
             raise ConfigError("guided real-time chunking needs the PyTorch runtime (a backward pass through the "
                               "expert); use --runtime=torch, or send no queued actions")  # fmt: skip
-        cfg = self.config
         prefix = self.prepare_observation(batch)
-        shape = (prefix.state.shape[0], cfg.chunk_size, cfg.max_action_dim)
-        if noise is None:
-            noise = torch.randn(shape, dtype=torch.float32)
-        check_shape("noise", noise, shape)
-        steps = cfg.num_steps if num_steps is None else int(num_steps)
-        if steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {steps}")
-        names = [i.name for i in self.prefix_session.get_inputs()]
-        feeds = {n: np.ascontiguousarray(t.numpy()) for n, t in zip(names, prefix_inputs(prefix), strict=True)}
-        cache = self.prefix_session.run(None, feeds)
-        cache_feeds = dict(zip(self.cache_names, cache, strict=True))
-        dt = -1.0 / steps
-        x_t = noise.float().numpy().copy()
-        for k in range(steps):
-            time = np.full((shape[0],), 1.0 + k * dt, dtype=np.float32)
-            (v_t,) = self.velocity_session.run(None, {"x_t": x_t, "time": time, **cache_feeds})
-            x_t = x_t + np.float32(dt) * v_t
-        return torch.from_numpy(x_t)[..., : cfg.action_dim]
+        noise, steps = self.sampling_inputs(prefix.state.shape[0], noise, num_steps)
+        feeds = {
+            n: np.ascontiguousarray(t.numpy()) for n, t in zip(self.prefix_names, prefix_inputs(prefix), strict=True)
+        }
+        step_feeds = dict(zip(self.cache_names, self.prefix_session.run(None, feeds), strict=True))
+
+        def velocity(x_t: Tensor, time: Tensor) -> Tensor:  # numpy views both ways: no copies
+            step_feeds["x_t"], step_feeds["time"] = x_t.numpy(), time.numpy()
+            return torch.from_numpy(self.velocity_session.run(None, step_feeds)[0])
+
+        return euler_sample(velocity, noise, steps)[..., : self.config.action_dim]

@@ -43,7 +43,9 @@ def policy_features(features: dict[str, dict[str, Any]]) -> tuple[dict[str, Any]
     return inputs, {ACTION_KEY: {"type": "ACTION", "shape": list(features[ACTION_KEY]["shape"])}}
 
 
-def check_compatible(policy: SmolVLAPolicy, features: dict[str, dict[str, Any]], fill_missing_cameras=False) -> None:
+def check_compatible(
+    policy: SmolVLAPolicy, features: dict[str, dict[str, Any]], fill_missing_cameras: bool = False
+) -> None:
     """The dataset provides the policy's state and action widths and all of its (non-placeholder) cameras (or the
     run fills the missing ones with masked black images)."""
     inputs, outputs = policy_features(features)
