@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from smolvla import BatchError, ConfigError, SmolVLAPolicy
+from smolvla.model.flow_matching import VLAFlowMatching
 from smolvla.model.rectified_flow import euler_sample
 from tests.conftest import make_batch
 from tests.model.reference import reference_velocity
@@ -159,6 +160,43 @@ def test_default_freezing_trains_expert_only(tiny):
     tiny.compute_loss(batch).backward()
     assert all(p.grad is not None for n, p in tiny.named_parameters() if p.requires_grad)
     tiny.zero_grad(set_to_none=True)
+
+
+def _loss_and_grads(policy, batch, full_prefix_autograd: bool, monkeypatch):
+    if full_prefix_autograd:
+        monkeypatch.setattr(VLAFlowMatching, "state_grad_row", lambda self, embs, flags: None)
+    noise, time = policy.sample_noise_and_time(batch["action"].shape[0], torch.Generator().manual_seed(1))
+    loss = policy.compute_loss(batch, noise=noise, time=time)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
+    policy.zero_grad(set_to_none=True)
+    monkeypatch.undo()
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize("overrides", [{}, {"attention_mode": "self_attn"}, {"add_image_special_tokens": True}])
+def test_frozen_backbone_backprops_through_the_state_row_only(tiny, overrides, monkeypatch):
+    """With the backbone frozen only the state token's row is recomputed with autograd: the loss is the same to the
+    bit as autograd through the whole prefix, every expert gradient too, and state_proj's within float rounding."""
+    torch.manual_seed(0)
+    policy = SmolVLAPolicy(tiny.config.replace(**overrides), tiny.backbone).train()
+    batch = make_batch(policy, batch_size=3)
+    prefix = policy.prepare_observation(batch)
+    embs, _, flags = policy.model.embed_prefix(prefix)
+    assert policy.model.state_grad_row(embs, flags) == int(flags[0].nonzero())  # the split path is the one taken
+    split_loss, split = _loss_and_grads(policy, batch, False, monkeypatch)
+    full_loss, full = _loss_and_grads(policy, batch, True, monkeypatch)
+    assert torch.equal(split_loss, full_loss)
+    assert split.keys() == full.keys() and "model.state_proj.weight" in split
+    for name in split:
+        if name.startswith("model.state_proj."):
+            torch.testing.assert_close(split[name], full[name], rtol=1e-5, atol=1e-8)
+        else:
+            assert torch.equal(split[name], full[name]), name
+    policy.model.vlm_with_expert.vlm.model.text_model.requires_grad_(True)  # a trainable backbone: whole prefix
+    with torch.no_grad():
+        assert policy.model.state_grad_row(embs, flags) is None  # and inference never takes the split either
+    assert policy.model.state_grad_row(policy.model.embed_prefix(prefix)[0], flags) is None
 
 
 # --- bad input: one clear error naming the thing and what was expected ---

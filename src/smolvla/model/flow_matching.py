@@ -120,7 +120,17 @@ class VLAFlowMatching(nn.Module):
     # --- model ---
     def encode(self, prefix: Prefix) -> PrefixCache:
         embs, pads, flags = self.embed_prefix(prefix)
-        return self.vlm_with_expert.encode_prefix(embs, pads, flags, self.config.chunk_size)
+        grad_row = self.state_grad_row(embs, flags)
+        return self.vlm_with_expert.encode_prefix(embs, pads, flags, self.config.chunk_size, grad_row=grad_row)
+
+    def state_grad_row(self, embs: Tensor, flags: Tensor) -> int | None:
+        """The state token's prefix position when it is the only prefix row a gradient must reach: autograd on and
+        the whole backbone frozen (LeRobot's default, train_expert_only). None otherwise: the full prefix pass."""
+        if not (torch.is_grad_enabled() and embs.requires_grad):
+            return None
+        if any(p.requires_grad for p in self.vlm_with_expert.vlm.parameters()):
+            return None
+        return int(flags[0].to(torch.uint8).argmax())
 
     def velocity(self, cache: PrefixCache, x_t: Tensor, time: Tensor) -> Tensor:
         """Predicted velocity v(x_t, t) (B, chunk, max_action_dim), float32."""

@@ -58,6 +58,20 @@ def block_attention_mask(pad_masks: Tensor, att_flags: Tensor) -> Tensor:
     return causal & pad_masks[:, None, :] & pad_masks[:, :, None]
 
 
+def _with_grad_of(value: Tensor, recomputed: Tensor) -> Tensor:
+    """`value`'s numbers exactly (v + (r - r) == v in floating point) with `recomputed`'s gradient: a row recomputed
+    for autograd never changes the forward pass by an ulp."""
+    return value + (recomputed - recomputed.detach())
+
+
+def _splice(frozen: Tensor, row: Tensor, at: int, dim: int) -> Tensor:
+    """`frozen` whose slice `at` along `dim` carries `row`'s gradient (its values stay `frozen`'s)."""
+    index = [slice(None)] * frozen.dim()
+    index[dim] = slice(at, at + 1)
+    spliced = _with_grad_of(frozen[tuple(index)], row)
+    return torch.cat([frozen.narrow(dim, 0, at), spliced, frozen.narrow(dim, at + 1, frozen.shape[dim] - at - 1)], dim)
+
+
 def additive_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
     """(B, Lq, Lk) bool -> (B, 1, Lq, Lk) additive mask with the dtype's minimum where masked."""
     zero = torch.zeros((), dtype=dtype, device=mask.device)
@@ -173,30 +187,36 @@ class VLMWithExpert(nn.Module):
         return h + layer.mlp(layer.post_attention_layernorm(h))
 
     # --- prefix ---
-    def encode_prefix(self, embs: Tensor, pad_masks: Tensor, att_flags: Tensor, suffix_len: int) -> PrefixCache:
-        """Run the backbone over the prefix (B, P, hidden) and collect what the expert reads from it."""
+    def encode_prefix(
+        self, embs: Tensor, pad_masks: Tensor, att_flags: Tensor, suffix_len: int, grad_row: int | None = None
+    ) -> PrefixCache:
+        """Run the backbone over the prefix (B, P, hidden) and collect what the expert reads from it.
+
+        `grad_row`: the one prefix position whose gradient training needs (the state token, when the backbone is
+        frozen). Nothing before it attends to it (block-causal mask), so the rest of the prefix is a constant of the
+        trainable weights: the backbone then runs once without autograd, and only that row is recomputed with it,
+        its values spliced in unchanged (`_splice`). Same loss to the bit, and the backward no longer goes through
+        the backbone's whole prefix, only through one token per layer.
+        """
         batch, prefix_len = pad_masks.shape
         positions = torch.cumsum(pad_masks.to(torch.int64), dim=1) - 1
         cos, sin = rope_tables(positions, self.head_dim)
         mask = additive_mask(block_attention_mask(pad_masks, att_flags), embs.dtype)
-        keys, values = {}, {}
-        h = embs
+        if grad_row is None:
+            keys, values, _ = self._backbone_kv(embs, cos, sin, mask)
+        else:
+            with torch.no_grad():
+                keys, values, rows = self._backbone_kv(embs.detach(), cos, sin, mask, keep_row=grad_row)
+            row = slice(grad_row, grad_row + 1)
+            keys, values = self._row_kv(embs[:, row], rows, keys, values, cos[:, :, row], sin[:, :, row],
+                                        mask[:, :, row], grad_row)  # fmt: skip
         for idx, p in enumerate(self.plan[: self.last_used_layer + 1]):
-            layer = self.text_model.layers[p.vlm]
-            x = layer.input_layernorm(h)
-            k = apply_rope(self._heads(layer.self_attn.k_proj, x, self.num_kv_heads), cos, sin)
-            v = self._heads(layer.self_attn.v_proj, x, self.num_kv_heads)
-            if p.expert is not None:
-                if p.cross:
-                    attn = self.lm_expert.layers[p.expert].self_attn
-                    keys[idx] = self._heads(attn.k_proj, k.transpose(1, 2).flatten(2), self.num_kv_heads)
-                    values[idx] = self._heads(attn.v_proj, v.transpose(1, 2).flatten(2), self.num_kv_heads)
-                else:
-                    keys[idx], values[idx] = k, v
-            if p.vlm == self.last_used_layer:
-                break
-            q = apply_rope(self._heads(layer.self_attn.q_proj, x, self.num_heads), cos, sin)
-            h = self._attend(layer, h, q, k, v, mask)
+            if p.expert is not None and p.cross:  # the expert's own projection of the backbone's keys/values
+                attn = self.lm_expert.layers[p.expert].self_attn
+                keys[idx] = self._heads(attn.k_proj, keys[idx].transpose(1, 2).flatten(2), self.num_kv_heads)
+                values[idx] = self._heads(attn.v_proj, values[idx].transpose(1, 2).flatten(2), self.num_kv_heads)
+        keys = {i: k for i, k in keys.items() if self.plan[i].expert is not None}
+        values = {i: v for i, v in values.items() if self.plan[i].expert is not None}
 
         device = pad_masks.device
         offsets = pad_masks.sum(dim=1, keepdim=True)
@@ -212,6 +232,40 @@ class VLMWithExpert(nn.Module):
             sa_rope=rope_tables(offsets + steps, self.head_dim),
             ca_rope=rope_tables(steps, self.head_dim),
         )
+
+    def _backbone_kv(self, h: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, keep_row: int | None = None):
+        """RoPE'd keys and values of every backbone layer up to the last one the expert reads (plan index ->
+        (B, Hkv, P, D)), and, with `keep_row`, that row's hidden state entering each layer."""
+        keys, values, rows = {}, {}, []
+        for idx, p in enumerate(self.plan[: self.last_used_layer + 1]):
+            layer = self.text_model.layers[p.vlm]
+            if keep_row is not None:
+                rows.append(h[:, keep_row : keep_row + 1])
+            x = layer.input_layernorm(h)
+            keys[idx] = apply_rope(self._heads(layer.self_attn.k_proj, x, self.num_kv_heads), cos, sin)
+            values[idx] = self._heads(layer.self_attn.v_proj, x, self.num_kv_heads)
+            if p.vlm == self.last_used_layer:
+                break
+            q = apply_rope(self._heads(layer.self_attn.q_proj, x, self.num_heads), cos, sin)
+            h = self._attend(layer, h, q, keys[idx], values[idx], mask)
+        return keys, values, rows
+
+    def _row_kv(self, h: Tensor, rows: list[Tensor], keys: dict, values: dict, cos: Tensor, sin: Tensor,
+                mask: Tensor, at: int) -> tuple[dict, dict]:  # fmt: skip
+        """Recompute one prefix row (B, 1, hidden) through the backbone with autograd, against the other rows'
+        keys/values computed without it, and splice its keys/values into theirs."""
+        for idx, p in enumerate(self.plan[: self.last_used_layer + 1]):
+            layer = self.text_model.layers[p.vlm]
+            h = _with_grad_of(rows[idx], h)
+            x = layer.input_layernorm(h)
+            k = apply_rope(self._heads(layer.self_attn.k_proj, x, self.num_kv_heads), cos, sin)
+            keys[idx] = _splice(keys[idx], k, at, 2)
+            values[idx] = _splice(values[idx], self._heads(layer.self_attn.v_proj, x, self.num_kv_heads), at, 2)
+            if p.vlm == self.last_used_layer:
+                break
+            q = apply_rope(self._heads(layer.self_attn.q_proj, x, self.num_heads), cos, sin)
+            h = self._attend(layer, h, q, keys[idx], values[idx], mask)
+        return keys, values
 
     # --- expert ---
     def forward_expert(self, suffix: Tensor, cache: PrefixCache) -> Tensor:

@@ -100,8 +100,9 @@ def export_graphs(model: VLAFlowMatching, prefix: Prefix, directory: Path) -> li
 
 
 def _export(module: nn.Module, args: tuple, dynamic, inputs: list[str], outputs: list[str], path: Path) -> None:
-    program = torch.onnx.export(
-        module.eval(), args, dynamic_shapes=dynamic, input_names=inputs, output_names=outputs, opset_version=OPSET,
-        dynamo=True, verbose=False,
-    )  # fmt: skip
+    with torch.no_grad():  # inference graphs: the training-only paths (`state_grad_row`) stay out of the trace
+        program = torch.onnx.export(
+            module.eval(), args, dynamic_shapes=dynamic, input_names=inputs, output_names=outputs,
+            opset_version=OPSET, dynamo=True, verbose=False,
+        )  # fmt: skip
     program.save(str(path), external_data=True)
