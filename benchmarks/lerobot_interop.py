@@ -9,6 +9,9 @@
 2. LeRobot writes a checkpoint with its own processors (`make_smolvla_pre_post_processors`); smolvla loads it.
 3. A tiny policy trained from scratch by smolvla (learnt tokenizer, backbone in vlm/); LeRobot loads it given
    `vlm_model_name` and the tokenizer's `tokenizer_name` = <checkpoint>/vlm.
+4. 1's fine-tune through LoRA (`--peft.method_type=LORA`): LeRobot loads the adapter checkpoint (`use_peft: true`,
+   base by hub id) with peft's `PeftModel.from_pretrained`, as its policy factory does (needs `peft` in
+   /tmp/lerobot-ref: `/tmp/lerobot-ref/bin/python -m pip install peft`); smolvla merges it into the base.
 Each: the same observation and noise through both libraries' policy and pipelines; max |Δ| of the actions in robot
 units is printed (target ≤ 1e-4) and written to benchmarks/results/lerobot_interop.json.
 """
@@ -52,6 +55,15 @@ if task["mode"] == "write":  # LeRobot writes a checkpoint with its own processo
     pre, post = make_smolvla_pre_post_processors(policy.config, dataset_stats=stats)
     for thing in (policy, pre, post):
         thing.save_pretrained(task["out"])
+elif task["mode"] == "peft":  # LeRobot loads a smolvla adapter checkpoint as its factory does (use_peft: true)
+    from huggingface_hub import snapshot_download
+    from peft import PeftConfig, PeftModel
+    assert PreTrainedConfig.from_pretrained(task["ckpt"]).use_peft
+    base = PeftConfig.from_pretrained(task["ckpt"]).base_model_name_or_path
+    base = base if os.path.isdir(base) else snapshot_download(base, local_files_only=True)
+    policy = PeftModel.from_pretrained(SmolVLAPolicy.from_pretrained(base), task["ckpt"]).eval()
+    pre = PolicyProcessorPipeline.from_pretrained(task["ckpt"], config_filename="policy_preprocessor.json")
+    post = PolicyProcessorPipeline.from_pretrained(task["ckpt"], config_filename="policy_postprocessor.json", **post_kw)
 else:  # LeRobot loads a smolvla checkpoint
     cfg = PreTrainedConfig.from_pretrained(task["ckpt"])
     overrides = {{}}
@@ -117,6 +129,7 @@ def main() -> None:
     dataset = dropin.write_dataset(work / "so101_data")
     flags = [f"--policy.path={dropin.POLICY_ID}", f"--dataset.root={dataset}", "--steps=3", "--batch_size=2",
              f"--rename_map={json.dumps(dropin.RENAME)}", "--num_workers=0", "--progress=false", "--val_freq=0",
+             "--dataset.fill_missing_cameras=true",
              f"--output_dir={work / 'run'}"]  # fmt: skip
     assert smolvla(["train", *flags]) == 0
     ckpt = (work / "run" / "checkpoints" / "last" / "pretrained_model").resolve()
@@ -128,6 +141,9 @@ def main() -> None:
     # 2. LeRobot writes a checkpoint with its own processors; smolvla loads it.
     renamed = {dropin.RENAME[k]: v for k, v in raw.items() if k in dropin.RENAME} | {
         k: v for k, v in raw.items() if k not in dropin.RENAME}
+    # All three of the replica's cameras: LeRobot skips an absent one silently, smolvla asks for it (or for
+    # --dataset.fill_missing_cameras at training), so the two only compare on a complete observation.
+    renamed[dropin.CAMERA3] = torch.rand(3, 48, 64, generator=torch.Generator().manual_seed(5))
     tensors = {k: v for k, v in renamed.items() if isinstance(v, torch.Tensor)}
     save_file({**tensors, "noise": noise}, str(work / "io2.st"))
     lerobot({"mode": "write", "repo": dropin.POLICY_ID, "out": str(work / "lerobot_written"),
@@ -146,6 +162,17 @@ def main() -> None:
              "actions": str(work / "lr3.st")})  # fmt: skip
     results["smolvla from scratch -> LeRobot, vlm_model_name/tokenizer_name = <ckpt>/vlm"] = (
         ours - load_file(work / "lr3.st")["actions"])
+    # 4. smolvla fine-tunes the hub checkpoint through LoRA; LeRobot loads the adapter (base by hub id) as is.
+    lora = ["--peft.method_type=LORA", "--peft.r=4", "--policy.optimizer_lr=1e-2", f"--output_dir={work / 'lora'}"]
+    assert smolvla(["train", *flags[:-1], *lora]) == 0
+    adapter = (work / "lora" / "checkpoints" / "last" / "pretrained_model").resolve()
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == dropin.POLICY_ID
+    raw, noise = observation(dropin.CAMERAS, 7, 10, seed=2)
+    ours = actions(adapter, raw, noise)
+    save_file({**{k: v for k, v in raw.items() if isinstance(v, torch.Tensor)}, "noise": noise}, str(work / "io4.st"))
+    lerobot({"mode": "peft", "ckpt": str(adapter), "io": str(work / "io4.st"), "actions": str(work / "lr4.st")})
+    results["smolvla LoRA adapter (base by hub id) -> LeRobot PeftModel, as is"] = (
+        ours - load_file(work / "lr4.st")["actions"])
     table = {name: float(diff.abs().max()) for name, diff in results.items()}
     print("| direction | max abs action difference (robot units) |\n|---|---|")
     for name, value in table.items():

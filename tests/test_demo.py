@@ -22,6 +22,12 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
     assert (out / "loss.png").stat().st_size > 0 and str(out / "loss.png") in printed
     assert any((out / "train" / "tensorboard").glob("events.out.tfevents.*"))
     assert (out / "train" / "checkpoints" / "last" / "pretrained_model" / "model.safetensors").is_file()
+    # Success during training chose the checkpoint the table evaluates.
+    best = json.loads((out / "train" / "checkpoints" / "best.json").read_text())
+    assert best["evaluated"] == [14, 28, 40] and f"best checkpoint during training: step {best['step']}" in printed
+    assert info["config"]["policy"]["path"] == str(
+        (out / "train" / "checkpoints" / "best").resolve() / "pretrained_model"
+    )
     # A rerun reuses the dataset and the finished training run, and evaluates again.
     assert main(["demo", "--quick", f"--output_dir={out}", "--num_workers=1"]) == 0
     assert "dataset exists, reusing" in capsys.readouterr().out

@@ -59,8 +59,15 @@ def train(config) -> int:
     from smolvla.reflow.hooks import hooks_for
     from smolvla.train.trainer import train as run
 
-    result = run(config, hooks_for(config))
+    evaluator = None
+    if config.eval_freq:
+        from smolvla.eval.training import MetaWorldEvaluator
+
+        evaluator = MetaWorldEvaluator.from_config(config)
+    result = run(config, hooks_for(config), evaluator)
     print(f"trained {result.step} steps in {result.seconds:.0f} s; final checkpoint: {result.checkpoint}")
+    if result.best is not None:
+        print(f"best checkpoint: step {result.best.step} (success {result.best.success:.1%}), checkpoints/best")
     print(f"metrics: {result.metrics}  TensorBoard: tensorboard --logdir {result.tensorboard}")
     return 0
 

@@ -24,11 +24,13 @@ import torch
 from smolvla.atomic import save_figure
 from smolvla.errors import ConfigError
 from smolvla.eval.evaluate import EvalConfig, EvalLoop, PolicyRef, evaluate
+from smolvla.eval.training import MetaWorldEvaluator
 from smolvla.model.checkpoint import PRETRAINED_MODEL
 from smolvla.sim.collect import CollectConfig, collect, collected_with
 from smolvla.sim.metaworld_env import MetaWorldConfig
 from smolvla.train.checkpoint import LAST, checkpoints_dir
 from smolvla.train.config import TrainConfig
+from smolvla.train.selection import BEST
 from smolvla.train.trainer import train
 
 SIZES: dict[str, dict[str, Any]] = {
@@ -107,9 +109,16 @@ def _train(cfg: DemoConfig, dataset: Path, out: Path):
     config.save_freq = max(1, cfg.steps // 3)
     config.keep_last = 1
     config.num_workers = 1
+    # Success during training picks the checkpoint to evaluate, on starts of its own (seed 2000): the final table
+    # is measured on other starts than the ones that chose it.
+    config.eval_freq = max(1, -(-cfg.steps // 3))  # three evaluations, the last at the final step
+    config.env.task, config.env.max_steps = cfg.tasks, cfg.max_steps
+    config.eval.n_episodes, config.eval.seed = max(1, cfg.eval_episodes // 2), 2000
+    config.eval.num_workers = cfg.num_workers
     config.resume = (checkpoints_dir(out) / LAST).exists()
-    print(f"[2/3] training a tiny SmolVLA for {cfg.steps} steps (batch {cfg.batch_size}) → {out}")
-    return train(config)
+    print(f"[2/3] training a tiny SmolVLA for {cfg.steps} steps (batch {cfg.batch_size}), success every "
+          f"{config.eval_freq} steps on {config.eval.n_episodes} starts per task → {out}")  # fmt: skip
+    return train(config, evaluator=MetaWorldEvaluator.from_config(config))
 
 
 def plot_losses(metrics: Path, path: Path) -> Path:
@@ -142,7 +151,10 @@ def run_demo(config: DemoConfig) -> int:
     out = Path(cfg.output_dir)
     dataset = _collect(cfg, out / "dataset")
     result = _train(cfg, dataset, out / "train")
-    checkpoint = result.checkpoint / PRETRAINED_MODEL
+    chosen = checkpoints_dir(out / "train") / (BEST if result.best is not None else LAST)
+    checkpoint = chosen.resolve() / PRETRAINED_MODEL
+    if result.best is not None:
+        print(f"best checkpoint during training: step {result.best.step} (success {result.best.success:.0%})")
     print(f"[3/3] evaluating {checkpoint} on {cfg.eval_episodes} unseen starts per task")
     summary = evaluate(
         EvalConfig(

@@ -8,6 +8,7 @@ loss, chunk sampling, compilation and the action queue of `select_action`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from transformers.initialization import no_init_weights
 
+from smolvla import adapters
 from smolvla.errors import CheckpointError, ConfigError
 from smolvla.keys import STATE_KEY
 from smolvla.model.backbone import Backbone, resolve_backbone
@@ -114,6 +116,9 @@ class SmolVLAPolicy(ActionQueue, nn.Module):
         Normalization buffers of old LeRobot checkpoints are not weights: `split_legacy_stats` reads them.
         """
         path = pretrained_dir(path)
+        if adapters.is_adapter_dir(path):
+            policy = cls._from_adapter(path, vlm_config)
+            return policy.to(device) if device is not None else policy
         if not (path / CONFIG_NAME).is_file():
             raise CheckpointError(f"{path} is not a pretrained_model directory: no {CONFIG_NAME}")
         config = SmolVLAConfig.from_json(path / CONFIG_NAME)
@@ -128,6 +133,19 @@ class SmolVLAPolicy(ActionQueue, nn.Module):
             policy = cls(config, backbone)
         load_strict(policy, weights, source=str(path / WEIGHTS_NAME))
         return policy.to(device) if device is not None else policy
+
+    @classmethod
+    def _from_adapter(cls, path: Path, vlm_config) -> SmolVLAPolicy:
+        """A PEFT checkpoint (LeRobot's `use_peft` layout): its base policy with the adapter merged in, and the
+        checkpoint's own config (the fine-tune's settings, e.g. n_action_steps) on it."""
+        policy = adapters.load_merged(path, lambda base: cls.from_pretrained(base, vlm_config=vlm_config))
+        if (path / CONFIG_NAME).is_file():
+            saved = SmolVLAConfig.from_json(path / CONFIG_NAME)
+            for f in dataclasses.fields(saved):
+                if f.name not in ("use_peft", "pretrained_path"):
+                    setattr(policy.config, f.name, getattr(saved, f.name))
+            policy.config.validate()
+        return policy
 
     def save_pretrained(self, path: str | Path, processors: Sequence[Pipeline | EmbodimentProcessors] = ()) -> None:
         """Write config.json + model.safetensors (LeRobot layout) atomically, and `processors` (pre, post), e.g. from

@@ -12,6 +12,7 @@ VALIDATION = 1  # the validation loss's fixed sample and noise
 PAIR_NOISE = 2  # reflow pair cache: the noise X0 the teacher is solved from
 PAIR_DRAW = 3  # reflow pair cache: which of a frame's P cached pairs batch k uses
 MEASURE = 4  # reflow measurements: the noise shared by every policy compared
+AUGMENT = 5  # image augmentation of the sample at position k of the training stream
 
 
 def batch_seed(seed: int, index: int, stream: int = TRAIN) -> int:

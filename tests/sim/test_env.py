@@ -99,6 +99,20 @@ def test_lerobot_settings_move_corner2():
         assert env.reset(seed=0)[0]["pixels"]["corner2"].shape == (24, 24, 3)
 
 
+def test_perturbed_views_move_the_camera_and_dim_the_light():
+    def first_frame(**settings):
+        with MetaWorldEnv(task="reach", cameras=("corner2",), image_size=32, **settings) as env:
+            return env.reset(seed=3)[0]["pixels"]["corner2"].astype(np.float64)
+
+    plain = first_frame()
+    dark = first_frame(light_scale=0.5)
+    assert dark.mean() < 0.8 * plain.mean()
+    moved = first_frame(camera_offset=(0.0, 0.1, 0.0))
+    assert np.abs(moved - plain).mean() > 5 and abs(moved.mean() - plain.mean()) < 0.2 * plain.mean()
+    with pytest.raises(SimError, match="light_scale in"):
+        MetaWorldEnv(task="reach", light_scale=-1.0)
+
+
 @pytest.mark.parametrize("backend", ["osmesa", "not-a-backend"])
 def test_missing_gl_backend_explains_the_fix(backend):
     code = (

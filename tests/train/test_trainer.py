@@ -57,21 +57,26 @@ def cli(*args, **kwargs):
     return subprocess.Popen([sys.executable, "-m", "smolvla.cli", *args], env=ENV, cwd=REPO, **kwargs)
 
 
+def kill_after_first_checkpoint(dataset, out: Path, extra: list[str]) -> int:
+    """Start `smolvla train` in a process, SIGKILL it just after its first checkpoint (mid-step or mid-save);
+    returns the step `checkpoints/last` was left at."""
+    proc = cli("train", *flags(dataset, out, *extra), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    last = out / "checkpoints" / "last"
+    deadline = time.monotonic() + 300
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {err.decode()[-2000:]}"
+    return int(last.resolve().name)
+
+
 def test_resume_after_sigkill_is_bit_identical(dataset, tmp_path):
     extra = ["--steps=24", "--save_freq=4", "--grad_accum_steps=2", "--ema_decay=0.9", "--keep_last=2"]
     reference = run(dataset, tmp_path / "ref", *extra)
     killed_dir = tmp_path / "killed"
-    proc = cli("train", *flags(dataset, killed_dir, *extra), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    last = killed_dir / "checkpoints" / "last"
-    deadline = time.monotonic() + 300
-    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)  # land the kill somewhere after the first checkpoint, mid-step or mid-save
-    proc.send_signal(signal.SIGKILL)
-    _, err = proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {err.decode()[-2000:]}"
-    interrupted_at = int(last.resolve().name)
-    assert interrupted_at < 24
+    assert kill_after_first_checkpoint(dataset, killed_dir, extra) < 24
     resumed = run(dataset, killed_dir, *extra, "--resume=true")
     assert resumed.step == reference.step == 24
     a, b = weights(reference.checkpoint), weights(resumed.checkpoint)

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from smolvla import hub
+from smolvla.adapters import ADAPTER_WEIGHTS
 from smolvla.atomic import atomic_directory
 from smolvla.errors import CheckpointError
 from smolvla.model.backbone import BACKBONE_PRESETS, HUB_BACKBONES, Backbone
@@ -57,10 +58,13 @@ def pretrained_dir(path: str | Path) -> Path:
 
 
 def weights_sha256(directory: Path) -> str:
-    """sha256 of a pretrained_model directory's model.safetensors: which weights a pair cache was solved with, or a
-    server is serving."""
+    """sha256 of a pretrained_model directory's model.safetensors (an adapter checkpoint's adapter weights): which
+    weights a pair cache was solved with, an export was made from, or a server is serving."""
     digest = hashlib.sha256()
-    with open(Path(directory) / WEIGHTS_NAME, "rb") as f:
+    weights = Path(directory) / WEIGHTS_NAME
+    if not weights.is_file() and (Path(directory) / ADAPTER_WEIGHTS).is_file():
+        weights = Path(directory) / ADAPTER_WEIGHTS
+    with open(weights, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()

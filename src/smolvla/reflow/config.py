@@ -52,6 +52,11 @@ class ReflowTrainConfig(TrainConfig):
 
     def validate(self) -> None:
         self.policy.validate()
+        if self.policy.use_reflow and self.peft.enabled:
+            raise ConfigError(
+                "--peft.* is not supported with reflow / one-step distillation: the student is trained in full from "
+                "its teacher's weights"
+            )
         if self.policy.use_reflow and self.rename_map:
             raise ConfigError(
                 "--rename_map is not supported with reflow: the student reads its teacher's batches, named as the "

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from smolvla.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from smolvla.atomic import remove_stale_temps, replace_directory, temp_directory_for
 from smolvla.errors import ConfigError
 from smolvla.keys import EMPTY_CAMERA_PREFIX, LANG_MASK, LANG_TOKENS, STATE_KEY
@@ -94,7 +95,7 @@ def export_policy(config: ExportConfig) -> Path:
     tmp = temp_directory_for(target)
     try:
         for item in checkpoint.iterdir():  # config, processors, tokenizer, vlm/: everything but the weights
-            if item.name == WEIGHTS_NAME or item.name.startswith(".") or item.name.startswith("onnx"):
+            if item.name in (WEIGHTS_NAME, ADAPTER_WEIGHTS, ADAPTER_CONFIG) or item.name.startswith((".", "onnx")):
                 continue
             (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
         prefix = policy.prepare_observation(sample_batch(policy, 2, 5, config.seed))

@@ -81,7 +81,11 @@ def _config_record(config: CollectConfig, tasks: list[str]) -> dict[str, Any]:
     record["env"]["task"] = tasks
     for key in ("output_dir", "num_workers", "overwrite"):  # do not change which episodes are collected
         record.pop(key)
-    return json.loads(json.dumps(record))
+    record = json.loads(json.dumps(record))
+    for key, neutral in (("camera_offset", [0.0, 0.0, 0.0]), ("light_scale", 1.0)):  # as recorded before they existed
+        if record["env"][key] == neutral:
+            record["env"].pop(key)
+    return record
 
 
 def collected_with(root: Path, config: CollectConfig) -> bool:

@@ -74,6 +74,9 @@ class MetaWorldConfig:
     max_steps: int = 500  # LeRobot's episode cap for Meta-World
     render: str = "fast"  # "fast" or "lerobot"
     success_terminates: bool = True
+    # Perturbed views, to test what a policy learnt from one set-up does in another (robustness, augmentation):
+    camera_offset: tuple[float, float, float] = (0.0, 0.0, 0.0)  # metres added to every configured camera's position
+    light_scale: float = 1.0  # multiplies the scene's light (diffuse and ambient, lamps and headlight)
 
     @classmethod
     def lerobot(cls, task: str) -> MetaWorldConfig:
@@ -106,6 +109,11 @@ class MetaWorldEnv(gym.Env):
             setattr(config, key, value)
         if config.render not in RENDER_SETTINGS:
             raise SimError(f"render must be one of {RENDER_SETTINGS}, got {config.render!r}")
+        if len(config.camera_offset) != 3 or not 0.0 <= config.light_scale <= 10.0:
+            raise SimError(
+                f"camera_offset must be 3 numbers (x, y, z metres) and light_scale in [0, 10], got "
+                f"{list(config.camera_offset)}, {config.light_scale}"
+            )
         if config.image_size < 8 or config.max_steps < 1:
             raise SimError(f"image_size must be >= 8 and max_steps >= 1, got {config.image_size}, {config.max_steps}")
         self.config = config
@@ -153,6 +161,14 @@ class MetaWorldEnv(gym.Env):
             model.vis.quality.offsamples = 0
         else:
             model.cam_pos[model.camera("corner2").id] = LEROBOT_CORNER2_POS
+        for camera in self.cameras:
+            model.cam_pos[model.camera(camera).id] += np.asarray(self.config.camera_offset, dtype=np.float64)
+        if self.config.light_scale != 1.0:
+            scale = self.config.light_scale
+            model.light_diffuse[:] *= scale
+            model.light_ambient[:] *= scale
+            model.vis.headlight.diffuse[:] = np.asarray(model.vis.headlight.diffuse) * scale
+            model.vis.headlight.ambient[:] = np.asarray(model.vis.headlight.ambient) * scale
         model.vis.global_.offwidth = max(model.vis.global_.offwidth, size)
         model.vis.global_.offheight = max(model.vis.global_.offheight, size)
         try:

@@ -89,8 +89,10 @@ def save_checkpoint(
     training_state: dict[str, Any],
     raw_weights: dict[str, torch.Tensor] | None = None,
     keep_last: int = 0,
+    protected: frozenset[str] = frozenset(),
 ) -> Path:
-    """Write checkpoint `step` atomically, point `last` at it, then prune to `keep_last` (0 keeps all).
+    """Write checkpoint `step` atomically, point `last` at it, then prune to `keep_last` (0 keeps all; `protected`
+    step directories, e.g. `best`'s, are never pruned).
 
     `write_pretrained(directory)` writes the policy (weights + processors) into a fresh directory;
     `training_state` holds `optimizer`, `scheduler`, `rng` and plain-JSON `progress` entries.
@@ -121,7 +123,7 @@ def save_checkpoint(
     os.replace(link, root / LAST)
     if keep_last > 0:
         steps = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and p.name.isdigit())
-        for old in steps[:-keep_last]:
+        for old in (p for p in steps[:-keep_last] if p.name not in protected):
             shutil.rmtree(old, ignore_errors=True)
     return target
 

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from smolvla import hub
+from smolvla.adapters import AdapterSpec
+from smolvla.data.augment import ImageTransformsConfig
 from smolvla.errors import ConfigError
 from smolvla.flags import apply_flags, apply_mapping, load_config_file, to_mapping
 from smolvla.model.presets import PRESETS
@@ -26,7 +28,7 @@ MAPPING_SETTINGS = ("rename_map",)
 # top-level name covers its whole group.
 RESUMABLE = frozenset(
     {"steps", "log_freq", "save_freq", "val_freq", "keep_last", "num_workers", "progress", "resume", "config_path",
-     "dataset.verify"}
+     "dataset.verify", "eval_freq", "env", "eval"}
 )  # fmt: skip
 
 
@@ -47,6 +49,8 @@ class DatasetArgs:
     # cameras a --policy.path checkpoint expects and the data lacks become black images nothing attends to, in
     # training and in the saved preprocessor; off, a missing camera is an error naming the rename_map that would fix it
     fill_missing_cameras: bool = False
+    # LeRobot's augmentation of training images (`--dataset.image_transforms.enable=true`), never at validation/eval
+    image_transforms: ImageTransformsConfig = field(default_factory=ImageTransformsConfig)
 
 
 @dataclass
@@ -95,6 +99,48 @@ class PolicyArgs:
 
 
 @dataclass
+class PeftArgs:
+    """LeRobot's `--peft.*`: any of them set fine-tunes the `--policy.path` checkpoint through adapters (LoRA; the
+    defaults adapt the expert's q/v and the projections around it, `smolvla.adapters.DEFAULT_TARGETS`). Adapters
+    usually want ~10x the full fine-tune's --policy.optimizer_lr."""
+
+    method_type: str | None = None  # LORA
+    r: int | None = None  # rank (16)
+    lora_alpha: int | None = None  # scaling = lora_alpha / r (peft's default alpha: 8)
+    lora_dropout: float | None = None
+    target_modules: str | None = None  # a regex over module names, or comma-separated name suffixes
+    full_training_modules: tuple[str, ...] = ()  # trained in full beside the adapters (peft's modules_to_save)
+    init_type: str | None = None  # peft's init_lora_weights
+    merge: bool | None = None  # save the adapters merged into plain weights (LeRobot layout; adapter kept for resume)
+
+    @property
+    def enabled(self) -> bool:
+        return any(v not in (None, ()) for v in dataclasses.asdict(self).values())
+
+    def spec(self) -> AdapterSpec:
+        given = {k: v for k, v in dataclasses.asdict(self).items() if k != "merge" and v not in (None, ())}
+        spec = AdapterSpec(**given)
+        spec.validate()
+        return spec
+
+
+@dataclass
+class EnvArgs:
+    """The simulator tasks `--eval_freq` evaluates on (LeRobot's `--env.task`); cameras and image size are the
+    policy's."""
+
+    task: str | None = None  # Meta-World tasks or groups, comma-separated (e.g. drawer-close,door-open or mt10)
+    max_steps: int | None = None  # episode step cap; none = Meta-World's 500
+
+
+@dataclass
+class EvalArgs:
+    n_episodes: int = 10  # per task, on starts disjoint from the demonstrations' (eval seeds)
+    num_workers: int = 1  # simulator processes
+    seed: int = 1000
+
+
+@dataclass
 class TrainConfig:
     dataset: DatasetArgs = field(default_factory=DatasetArgs)
     policy: PolicyArgs = field(default_factory=PolicyArgs)
@@ -117,6 +163,11 @@ class TrainConfig:
     # Dataset key → policy key, LeRobot's JSON form ('{"observation.images.top": "observation.images.camera1"}'):
     # the policy is built (or checked) with the new names, and the saved preprocessor renames the robot's own.
     rename_map: dict[str, str] = field(default_factory=dict)
+    peft: PeftArgs = field(default_factory=PeftArgs)
+    # closed-loop success every N steps (0 = never) on --env.task: logged as eval/*, `checkpoints/best` follows it
+    eval_freq: int = 0
+    env: EnvArgs = field(default_factory=EnvArgs)
+    eval: EvalArgs = field(default_factory=EvalArgs)
 
     def validate(self) -> None:
         if not self.dataset.root and self.dataset.repo_id:
@@ -159,6 +210,23 @@ class TrainConfig:
                 raise ConfigError(f"--{name} must be >= 0, got {value}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"--ema_decay must be in [0, 1), got {self.ema_decay}")
+        self.dataset.image_transforms.validate()
+        if self.eval_freq < 0:
+            raise ConfigError(f"--eval_freq must be >= 0, got {self.eval_freq}")
+        if self.eval_freq and not self.env.task:
+            raise ConfigError("--eval_freq needs the tasks to evaluate on: --env.task=<Meta-World tasks>")
+        if self.eval.n_episodes < 1 or self.eval.num_workers < 1:
+            raise ConfigError(
+                f"--eval.n_episodes and --eval.num_workers must be >= 1, got {self.eval.n_episodes}, "
+                f"{self.eval.num_workers}"
+            )
+        if self.peft.enabled:
+            self.peft.spec()
+            if self.policy.path is None:
+                raise ConfigError(
+                    "--peft.* adapts a trained policy: give it with --policy.path (adapters on a policy trained from "
+                    "scratch learn almost nothing)"
+                )
         if self.policy.preset not in PRESETS and self.policy.path is None:
             raise ConfigError(f"--policy.preset must be one of {sorted(PRESETS)}, got {self.policy.preset!r}")
 

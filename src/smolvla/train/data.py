@@ -135,17 +135,19 @@ def episode_subset(episodes: list[int], fraction: float, seed: int) -> list[int]
     return sorted(episodes[i] for i in order)
 
 
-class GlobalBatches(Sampler[list[int]]):
-    """Per-process index lists for global batches `start, start+1, ...` of the endless epoch stream."""
+class GlobalBatches(Sampler[list]):
+    """Per-process index lists for global batches `start, start+1, ...` of the endless epoch stream; with
+    `positions`, (index, position in the stream) pairs, what `AugmentedSamples` seeds each sample's draw with."""
 
     def __init__(
-        self, sampler: WeightedDatasetSampler, global_batch: int, rank: int, world: int, start: int, stop: int
-    ):
+        self, sampler: WeightedDatasetSampler, global_batch: int, rank: int, world: int, start: int, stop: int,
+        positions: bool = False,
+    ):  # fmt: skip
         if global_batch % world:
             raise ValueError(f"batch_size {global_batch} is not divisible by the {world} processes")
         self.sampler, self.global_batch = sampler, global_batch
         self.local = global_batch // world
-        self.rank, self.start, self.stop = rank, start, stop
+        self.rank, self.start, self.stop, self.positions = rank, start, stop, positions
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
@@ -155,7 +157,7 @@ class GlobalBatches(Sampler[list[int]]):
         position = self.start * self.global_batch
         epoch, offset = divmod(position, n)
         order = self.sampler.epoch_indices(epoch)
-        for _ in range(len(self)):
+        for k in range(self.start, self.stop):
             batch = []
             while len(batch) < self.global_batch:
                 if offset == n:
@@ -164,4 +166,9 @@ class GlobalBatches(Sampler[list[int]]):
                 take = min(self.global_batch - len(batch), n - offset)
                 batch += order[offset : offset + take].tolist()
                 offset += take
-            yield batch[self.rank * self.local : (self.rank + 1) * self.local]
+            first = self.rank * self.local
+            mine = batch[first : first + self.local]
+            if self.positions:
+                first += k * self.global_batch
+                mine = [(index, first + i) for i, index in enumerate(mine)]
+            yield mine

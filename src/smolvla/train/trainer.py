@@ -19,13 +19,14 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
-from smolvla import streams
+from smolvla import adapters, hub, streams
 from smolvla.data import WeightedDatasetSampler
+from smolvla.data.augment import AugmentedSamples
 from smolvla.errors import CheckpointError, ConfigError
 from smolvla.keys import TASK_KEY
 from smolvla.policy import SmolVLAPolicy
 from smolvla.train import checkpoint as ckpt
-from smolvla.train.build import RunProcessors, build_policy, check_compatible, planned_chunk_size
+from smolvla.train.build import RunProcessors, build_policy, check_compatible, planned_chunk_size, policy_dir
 from smolvla.train.config import TrainConfig, check_resumable
 from smolvla.train.data import GlobalBatches, load_train_data
 from smolvla.train.ema import EMA
@@ -34,6 +35,7 @@ from smolvla.train.loss import GroupLosses, batch_noise, validation_loss
 from smolvla.train.metrics import METRICS_FILE, TENSORBOARD_DIR, Interval, MetricsLog, group_columns
 from smolvla.train.optim import Schedule, make_optimizer, make_scheduler
 from smolvla.train.precision import autocast
+from smolvla.train.selection import SUCCESS, BestCheckpoint, CheckpointEvaluator
 
 
 @dataclass
@@ -46,12 +48,17 @@ class TrainResult:
     metrics: Path  # metrics.jsonl: one JSON object per logged step
     tensorboard: Path
     seconds: float
+    best: BestCheckpoint | None = None  # with --eval_freq: the checkpoint with the highest success (checkpoints/best)
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, hooks: TrainHooks | None = None):
+    def __init__(
+        self, config: TrainConfig, hooks: TrainHooks | None = None, evaluator: CheckpointEvaluator | None = None
+    ):
         config.validate()
-        self.config, self.hooks = config, hooks or TrainHooks()
+        if config.eval_freq and evaluator is None:
+            raise ConfigError("--eval_freq needs a simulator to evaluate in: `smolvla train`, or pass evaluator=")
+        self.config, self.hooks, self.evaluator = config, hooks or TrainHooks(), evaluator
         self.output_dir = Path(config.output_dir)
         device = config.policy.device
         if device not in (None, "cpu", "cuda"):
@@ -77,20 +84,31 @@ class Trainer:
         """Policy, processors, data, optimizer: fresh, or exactly as the last checkpoint left them."""
         cfg, device = self.config, str(self.accelerator.device)
         self.start_step, state, self.resumed_from = 0, None, None
+        self.adapter = None  # peft's wrapper around the policy, when training adapters
         if cfg.resume:
             self.resumed_from = ckpt.last_checkpoint(self.output_dir)
             check_resumable(ckpt.read_train_config(self.resumed_from), cfg, self.resumed_from)
             state = ckpt.load_training_state(self.resumed_from)
             self.start_step = int(state["progress"]["step"])
-            policy = SmolVLAPolicy.from_pretrained(self.resumed_from / ckpt.PRETRAINED_MODEL)
-            self.data = load_train_data(cfg.dataset, policy.config.chunk_size, cfg.seed, cfg.rename_map)
-            check_compatible(policy, self.data.features, self.data.fill_missing_cameras)
-            self.processors = RunProcessors.load(self.resumed_from / ckpt.PRETRAINED_MODEL, device)
+            saved = self.resumed_from / ckpt.PRETRAINED_MODEL
+            if cfg.peft.enabled:  # the base again, then the checkpoint's adapter (kept apart when saved merged)
+                self.data = load_train_data(cfg.dataset, planned_chunk_size(cfg.policy), cfg.seed, cfg.rename_map)
+                policy = build_policy(cfg.policy, self.data)
+                where = saved / adapters.ADAPTER_SUBDIR if cfg.peft.merge else saved
+                self.adapter = adapters.load_adapter(policy, where, trainable=True)
+            else:
+                policy = SmolVLAPolicy.from_pretrained(saved)
+                self.data = load_train_data(cfg.dataset, policy.config.chunk_size, cfg.seed, cfg.rename_map)
+                check_compatible(policy, self.data.features, self.data.fill_missing_cameras)
+            self.processors = RunProcessors.load(saved, device)
         else:
             args = self.hooks.policy_args(cfg.policy)
             self.data = load_train_data(cfg.dataset, planned_chunk_size(args), cfg.seed, cfg.rename_map)
             policy = build_policy(args, self.data)
             self.processors = self.hooks.init_policy(policy, args, self.data, device)
+            if cfg.peft.enabled:
+                base = args.path if hub.is_repo_id(args.path) else str(policy_dir(args.path))  # as LeRobot finds it
+                self.adapter = adapters.add_adapter(policy, cfg.peft.spec(), base=base)
         self.pre = self.processors.train
         self.policy = policy.to(self.accelerator.device)
         self.hooks.attach(self.policy, cfg)
@@ -106,13 +124,20 @@ class Trainer:
             model.losses = torch.compile(model.losses, mode=self.policy.config.compile_mode)
         self.model, self.optimizer = self.accelerator.prepare(self.policy, self.optimizer)
         self.dataset_names = [Path(r).name for r in cfg.dataset.root]
+        self.best = BestCheckpoint.load(ckpt.checkpoints_dir(self.output_dir)) if cfg.resume else BestCheckpoint()
+        if self.evaluator is not None and self.main:
+            self.evaluator.check(self.policy)  # e.g. cameras the simulator lacks: now, not after the first hour
 
     def _loader(self, start_batch: int, stop_batch: int) -> DataLoader:
-        train = self.data.train
-        weights = list(self.config.dataset.weights) or [float(s) for s in train.sizes]
-        sampler = WeightedDatasetSampler(train.sizes, weights, seed=self.config.seed)
-        batches = GlobalBatches(sampler, self.config.batch_size, self.rank, self.world, start_batch, stop_batch)
-        return DataLoader(train, batch_sampler=batches, num_workers=self.config.num_workers)
+        cfg, train = self.config, self.data.train
+        weights = list(cfg.dataset.weights) or [float(s) for s in train.sizes]
+        sampler = WeightedDatasetSampler(train.sizes, weights, seed=cfg.seed)
+        augment = cfg.dataset.image_transforms
+        batches = GlobalBatches(
+            sampler, cfg.batch_size, self.rank, self.world, start_batch, stop_batch, positions=augment.enable
+        )
+        samples = AugmentedSamples(train, augment, cfg.seed) if augment.enable else train
+        return DataLoader(samples, batch_sampler=batches, num_workers=cfg.num_workers)
 
     def _micro_batch(self, raw, index: int, sync: bool, interval: Interval, groups: GroupLosses) -> None:
         """Forward and backward of one micro-batch; its loss is scaled to the global batch and the accumulation."""
@@ -138,6 +163,8 @@ class Trainer:
         interval = Interval(acc.device)
         last_loss, val_loss = None, None
         self.model.train()
+        if self._eval_step(step) and step not in self.best.evaluated:  # killed between its save and its evaluation
+            self._evaluate(step, None, log)
         while step < cfg.steps:
             for micro in range(accum):
                 self._micro_batch(next(batches), step * accum + micro, micro == accum - 1, interval, groups)
@@ -156,10 +183,14 @@ class Trainer:
                 last_loss = self._log(step, interval, acc.reduce(groups.sums, reduction="sum"), log)
                 groups.sums.zero_()
                 interval = Interval(acc.device)
-            if self.data.val is not None and cfg.val_freq > 0 and (step % cfg.val_freq == 0 or step == cfg.steps):
+            evaluate = self._eval_step(step)
+            val_step = cfg.val_freq > 0 and (step % cfg.val_freq == 0 or step == cfg.steps)
+            if self.data.val is not None and (val_step or evaluate):
                 val_loss = self._validate(step, log)
-            if cfg.save_checkpoint and (step % cfg.save_freq == 0 or step == cfg.steps):
+            if (cfg.save_checkpoint and (step % cfg.save_freq == 0 or step == cfg.steps)) or evaluate:
                 self._save(step)
+            if evaluate:
+                self._evaluate(step, val_loss, log)
         if log is not None:
             log.close()
         acc.wait_for_everyone()
@@ -173,7 +204,22 @@ class Trainer:
             metrics=self.output_dir / METRICS_FILE,
             tensorboard=self.output_dir / TENSORBOARD_DIR,
             seconds=time.perf_counter() - started,
+            best=self.best if self.best.step is not None else None,
         )
+
+    def _eval_step(self, step: int) -> bool:
+        every = self.config.eval_freq
+        return every > 0 and step > 0 and (step % every == 0 or step == self.config.steps)
+
+    def _evaluate(self, step: int, val_loss: float | None, log: MetricsLog | None) -> None:
+        """Closed-loop metrics of checkpoint `step` (already saved), logged; `checkpoints/best` follows success."""
+        if self.main:
+            pretrained = ckpt.checkpoints_dir(self.output_dir) / ckpt.step_name(step) / ckpt.PRETRAINED_MODEL
+            with torch.random.fork_rng(devices=[]):  # rollouts reseed torch: the run's own draws stay as saved
+                metrics = self.evaluator(pretrained, step)
+            log.record({"step": step, **metrics})
+            self.best.offer(ckpt.checkpoints_dir(self.output_dir), step, metrics[SUCCESS], val_loss)
+        self.accelerator.wait_for_everyone()
 
     def _log(self, step: int, interval: Interval, sums: torch.Tensor, log: MetricsLog | None) -> float:
         cfg = self.config
@@ -216,13 +262,23 @@ class Trainer:
             }
 
             def write_pretrained(directory: Path) -> None:
-                self.policy.save_pretrained(directory, processors=self.processors.saved)
+                if self.adapter is None:
+                    self.policy.save_pretrained(directory, processors=self.processors.saved)
+                else:
+                    adapters.save_adapted(self.adapter, directory, self.processors.saved, bool(self.config.peft.merge))
 
             cfg = self.config
             try:
                 with self.ema.swapped() if self.ema is not None else contextlib.nullcontext() as raw_weights:
                     ckpt.save_checkpoint(
-                        self.output_dir, step, write_pretrained, cfg.to_dict(), state, raw_weights, cfg.keep_last
+                        self.output_dir,
+                        step,
+                        write_pretrained,
+                        cfg.to_dict(),
+                        state,
+                        raw_weights,
+                        cfg.keep_last,
+                        self.best.protected(),
                     )
             except OSError as e:  # disk full, quota, permissions: the half-written step was removed
                 kept = ckpt.checkpoints_dir(self.output_dir) / ckpt.LAST
@@ -234,9 +290,12 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
 
-def train(config: TrainConfig, hooks: TrainHooks | None = None) -> TrainResult:
-    """Run (or resume) training as configured; `hooks` select a training mode (default: imitation)."""
-    return Trainer(config, hooks).run()
+def train(
+    config: TrainConfig, hooks: TrainHooks | None = None, evaluator: CheckpointEvaluator | None = None
+) -> TrainResult:
+    """Run (or resume) training as configured; `hooks` select a training mode (default: imitation), `evaluator`
+    scores checkpoints closed-loop (`--eval_freq`)."""
+    return Trainer(config, hooks, evaluator).run()
 
 
 __all__ = ["TrainResult", "Trainer", "train"]
