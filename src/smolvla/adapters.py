@@ -65,7 +65,7 @@ class AdapterSpec:
             return given
         return [t.strip() for t in given.split(",") if t.strip()]
 
-    def peft_config(self, base: str | None):
+    def peft_config(self):
         from peft import LoraConfig
 
         kwargs: dict[str, Any] = {"r": self.r, "lora_dropout": self.lora_dropout, "target_modules": self.targets()}
@@ -74,9 +74,7 @@ class AdapterSpec:
             kwargs["lora_alpha"] = self.lora_alpha
         if self.init_type is not None:
             kwargs["init_lora_weights"] = self.init_type
-        config = LoraConfig(**kwargs)
-        config.base_model_name_or_path = base
-        return config
+        return LoraConfig(**kwargs)
 
 
 def require_peft() -> None:
@@ -100,7 +98,7 @@ def add_adapter(policy: nn.Module, spec: AdapterSpec, base: str | None):
         p.requires_grad_(False)
     policy.name_or_path = base  # what peft writes as the adapter's base_model_name_or_path (as LeRobot does)
     try:
-        model = get_peft_model(policy, spec.peft_config(base))
+        model = get_peft_model(policy, spec.peft_config())
     except ValueError as e:
         raise ConfigError(f"--peft.target_modules={spec.target_modules or DEFAULT_TARGETS!r}: {e}") from e
     return model
