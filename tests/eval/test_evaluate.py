@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -7,7 +8,7 @@ import torch
 from smolvla.errors import ConfigError
 from smolvla.eval.agent import AgentFactory, SmolVLAAgent
 from smolvla.eval.evaluate import EvalConfig, evaluate, run_evaluation
-from smolvla.sim.metaworld_env import MetaWorldConfig
+from smolvla.sim.metaworld_env import MetaWorldConfig, SimError
 
 BLIND = MetaWorldConfig(task="unused", cameras=(), max_steps=500)
 TASKS = ["reach", "push", "drawer-open"]
@@ -129,3 +130,16 @@ def test_checkpoint_agent_names_a_missing_camera(checkpoint):
 def test_unknown_policy_path():
     with pytest.raises(ConfigError, match="neither"):
         AgentFactory("/no/such/checkpoint")()
+
+
+def test_an_instruction_override_is_what_the_agent_is_told():
+    """`--env.instruction`: the scripted expert, which acts on the instruction it hears, told drawer-close's in the
+    drawer-open scene, closes instead of opening; the summary names what it was told."""
+    own, _ = run_evaluation(AgentFactory("expert"), BLIND, ["drawer-open"], n_episodes=3)
+    told = MetaWorldConfig(task="unused", cameras=(), max_steps=500, instruction="Push the drawer closed.")
+    swapped, _ = run_evaluation(AgentFactory("expert"), told, ["drawer-open"], n_episodes=3)
+    assert own["per_task"]["drawer-open"]["success_rate"] == 1.0
+    assert swapped["per_task"]["drawer-open"]["success_rate"] == 0.0
+    assert swapped["per_task"]["drawer-open"]["instruction"] == "Push the drawer closed."
+    with pytest.raises(SimError, match="instruction must be a non-empty sentence"):
+        run_evaluation(AgentFactory("expert"), dataclasses.replace(told, instruction=" "), ["reach"], n_episodes=1)

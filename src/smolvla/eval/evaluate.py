@@ -58,15 +58,15 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def summarize(episodes: list[Episode], tasks: list[str]) -> dict[str, Any]:
+def summarize(episodes: list[Episode], tasks: list[str], told: str | None = None) -> dict[str, Any]:
     """Success per task and per difficulty group (task-averaged, as the SmolVLA paper reports MT50), lengths and
-    chunk latency."""
+    chunk latency; `told`: the instruction given instead of each task's own (`--env.instruction`)."""
     per_task = {}
     for task in tasks:
         eps = sorted((e for e in episodes if e.task == task), key=lambda e: e.index)
         chunk_ms = [ms for e in eps for ms in e.chunk_ms]
         per_task[task] = {
-            "instruction": instruction(task),
+            "instruction": told or instruction(task),
             "difficulty": DIFFICULTY[task],
             "episodes": len(eps),
             "success_rate": _mean([float(e.success) for e in eps]),
@@ -133,7 +133,7 @@ def run_evaluation(
 
     runs = run_jobs(jobs, env, make_agent, num_workers)
     episodes = list(tqdm(runs, total=len(jobs), desc="eval", unit="ep", disable=not progress))
-    return summarize(episodes, tasks), episodes
+    return summarize(episodes, tasks, env.instruction), episodes
 
 
 def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:

@@ -77,6 +77,9 @@ class MetaWorldConfig:
     # Perturbed views, to test what a policy learnt from one set-up does in another (robustness, augmentation):
     camera_offset: tuple[float, float, float] = (0.0, 0.0, 0.0)  # metres added to every configured camera's position
     light_scale: float = 1.0  # multiplies the scene's light (diffuse and ambient, lamps and headlight)
+    # What the policy is told instead of the task's own instruction (none: the task's): e.g. a paired task's
+    # instruction in the same scene, to check that language, not the scene, decides what the policy does.
+    instruction: str | None = None
 
     @classmethod
     def lerobot(cls, task: str) -> MetaWorldConfig:
@@ -118,7 +121,9 @@ class MetaWorldEnv(gym.Env):
             raise SimError(f"image_size must be >= 8 and max_steps >= 1, got {config.image_size}, {config.max_steps}")
         self.config = config
         self.task = canonical(config.task)
-        self.instruction = instruction(self.task)
+        if config.instruction is not None and not config.instruction.strip():
+            raise SimError("instruction must be a non-empty sentence (or unset for the task's own)")
+        self.instruction = config.instruction or instruction(self.task)
         metaworld = _import_metaworld()
         sim = metaworld.env_dict.ALL_V3_ENVIRONMENTS[f"{self.task}-v3"]()
         # Goal-observable multi-task mode (what MT1/MT10/MT50 use and the experts need), new goal at every reset
