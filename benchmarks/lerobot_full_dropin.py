@@ -208,22 +208,9 @@ def write_replica(ckpt: Path, work: Path, cache: Path, env: dict[str, str]) -> N
 
 def write_dataset(root: Path, cameras: dict[str, tuple[int, int]]) -> Path:
     """A user's SO-101-like dataset: 6-D state and action, video cameras under the user's own names."""
-    import numpy as np
+    from tests.test_lerobot_dropin import write_dataset as user_dataset
 
-    from smolvla.data import DatasetWriter
-    from tests.data.builders import smooth_frames
-
-    features = {"observation.state": {"dtype": "float32", "shape": [6]}, "action": {"dtype": "float32", "shape": [6]},
-                **{k: {"dtype": "video", "shape": [h, w, 3]} for k, (h, w) in cameras.items()}}  # fmt: skip
-    rng = np.random.default_rng(0)
-    with DatasetWriter(root, fps=10, features=features) as writer:
-        for e in range(4):
-            n = 12
-            episode = {"observation.state": rng.normal(size=(n, 6)).astype(np.float32),
-                       "action": rng.normal(size=(n, 6)).astype(np.float32)}  # fmt: skip
-            episode |= {k: smooth_frames(n, h, w, seed=e + i) for i, (k, (h, w)) in enumerate(cameras.items())}
-            writer.add_episode(episode, TASK)
-    return root
+    return user_dataset(root, cameras, state_dim=6, action_dim=6, task=TASK)
 
 
 def train(dataset: Path, rename: dict[str, str], extra: list[str], out: Path, logfile: Path, env: dict[str, str]):

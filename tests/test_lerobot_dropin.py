@@ -29,18 +29,19 @@ CAMERAS = {"observation.images.top": (48, 64), "observation.images.wrist": (32, 
 CAMERA3 = "observation.images.camera3"  # the checkpoint's third camera, which this robot does not have
 
 
-def write_dataset(root):
-    """A 7-D robot with 5-D actions and cameras named `top` / `wrist`, as a user's LeRobot dataset."""
-    features = {"observation.state": {"dtype": "float32", "shape": [7]}, "action": {"dtype": "float32", "shape": [5]},
-                **{k: {"dtype": "video", "shape": [h, w, 3]} for k, (h, w) in CAMERAS.items()}}  # fmt: skip
+def write_dataset(root, cameras=CAMERAS, state_dim: int = 7, action_dim: int = 5, task: str = "pick up the cube"):
+    """A user's LeRobot dataset: by default a 7-D robot with 5-D actions and cameras named `top` / `wrist`."""
+    features = {"observation.state": {"dtype": "float32", "shape": [state_dim]},
+                "action": {"dtype": "float32", "shape": [action_dim]},
+                **{k: {"dtype": "video", "shape": [h, w, 3]} for k, (h, w) in cameras.items()}}  # fmt: skip
     rng = np.random.default_rng(0)
     with DatasetWriter(root, fps=10, features=features) as writer:
         for e in range(4):
             n = 12
-            episode = {"observation.state": rng.normal(size=(n, 7)).astype(np.float32),
-                       "action": rng.normal(size=(n, 5)).astype(np.float32)}  # fmt: skip
-            episode |= {k: smooth_frames(n, h, w, seed=e) for k, (h, w) in CAMERAS.items()}
-            writer.add_episode(episode, "pick up the cube")
+            episode = {"observation.state": rng.normal(size=(n, state_dim)).astype(np.float32),
+                       "action": rng.normal(size=(n, action_dim)).astype(np.float32)}  # fmt: skip
+            episode |= {k: smooth_frames(n, h, w, seed=e + i) for i, (k, (h, w)) in enumerate(cameras.items())}
+            writer.add_episode(episode, task)
     return root
 
 

@@ -136,6 +136,13 @@ def run_evaluation(
     return summarize(episodes, tasks, env.instruction), episodes
 
 
+def env_for(agent: Any, env: MetaWorldConfig) -> MetaWorldConfig:
+    """`env` rendering what a checkpoint agent reads: its cameras, at the image size it was trained with."""
+    return dataclasses.replace(
+        env, cameras=tuple(agent.cameras.values()), image_size=agent.image_size or env.image_size
+    )
+
+
 def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     """The `smolvla eval` job: resolve the agent and env, run, and write JSON, chart and videos."""
     tasks = resolve_tasks(config.env.task)
@@ -146,8 +153,7 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     env = dataclasses.replace(config.env)
     if config.policy.path not in ("expert", "random"):
         agent = factory()  # load once here to read the cameras and image size it was trained with
-        env.cameras = tuple(agent.cameras.values())
-        env.image_size = agent.image_size or env.image_size
+        env = env_for(agent, env)
         target: Any = factory if config.eval.num_workers > 1 else agent
     else:
         target = factory

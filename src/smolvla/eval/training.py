@@ -12,7 +12,7 @@ from pathlib import Path
 
 from smolvla.errors import ConfigError
 from smolvla.eval.agent import AgentFactory, SmolVLAAgent
-from smolvla.eval.evaluate import run_evaluation
+from smolvla.eval.evaluate import env_for, run_evaluation
 from smolvla.keys import EMPTY_CAMERA_PREFIX, IMAGE_PREFIX
 from smolvla.sim.metaworld_env import MetaWorldConfig, MetaWorldEnv, SimError
 from smolvla.sim.tasks import resolve_tasks
@@ -51,8 +51,7 @@ class MetaWorldEvaluator:
 
     def __call__(self, pretrained_model: Path, step: int) -> dict[str, float]:
         agent = SmolVLAAgent.from_pretrained(pretrained_model, self.device)
-        env = MetaWorldConfig(task=self.tasks[0], cameras=tuple(agent.cameras.values()))
-        env.image_size = agent.image_size or env.image_size
+        env = env_for(agent, MetaWorldConfig(task=self.tasks[0]))
         if self.max_steps is not None:
             env.max_steps = self.max_steps
         target = AgentFactory(str(pretrained_model), self.device) if self.num_workers > 1 else agent

@@ -116,16 +116,21 @@ def save_checkpoint(
             )
 
     atomic_directory(target, write)
-    link = root / f".{LAST}.tmp"
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    link.symlink_to(target.name)
-    os.replace(link, root / LAST)
+    point_link(root, LAST, target.name)
     if keep_last > 0:
         steps = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and p.name.isdigit())
         for old in (p for p in steps[:-keep_last] if p.name not in protected):
             shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def point_link(root: Path, name: str, target: str) -> None:
+    """Make `root/name` a symlink to `target` atomically (a fresh link renamed over the old one)."""
+    link = root / f".{name}.tmp"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(target)
+    os.replace(link, root / name)
 
 
 def has_checkpoints(output_dir: Path) -> bool:

@@ -10,13 +10,12 @@ keeps it, and `keep_last` never prunes the best checkpoint.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from smolvla.atomic import atomic_write_text
-from smolvla.train.checkpoint import step_name
+from smolvla.train.checkpoint import point_link, step_name
 
 BEST = "best"
 BEST_FILE = "best.json"
@@ -58,11 +57,7 @@ class BestCheckpoint:
         self.evaluated = sorted({*self.evaluated, step})
         atomic_write_text(checkpoints / BEST_FILE, json.dumps(asdict(self), indent=2) + "\n")
         if improved:
-            link = checkpoints / f".{BEST}.tmp"
-            if link.is_symlink() or link.exists():
-                link.unlink()
-            link.symlink_to(step_name(step))
-            os.replace(link, checkpoints / BEST)
+            point_link(checkpoints, BEST, step_name(step))
         return improved
 
     def protected(self) -> frozenset[str]:
