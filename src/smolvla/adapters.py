@@ -120,8 +120,10 @@ def save_adapted(model, directory: Path, processors: tuple = (), merge: bool = F
     directory.mkdir(parents=True)
     save_adapter(model, directory)
     base = model.peft_config["default"].base_model_name_or_path
-    config = {**model.base_model.model.config.to_dict(), "use_peft": True, "pretrained_path": base}
-    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    files = model.base_model.model.config.to_files()
+    files[CONFIG_FILE] = {**files[CONFIG_FILE], "use_peft": True, "pretrained_path": base}
+    for name, content in files.items():
+        (directory / name).write_text(json.dumps(content, indent=2) + "\n")
     for pipeline in processors:
         pipeline.save(directory)
 

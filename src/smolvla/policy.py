@@ -21,7 +21,7 @@ from smolvla import adapters
 from smolvla.errors import CheckpointError, ConfigError
 from smolvla.keys import STATE_KEY
 from smolvla.model.backbone import Backbone, resolve_backbone
-from smolvla.model.batch import check_shape, prepare_actions, prepare_observation
+from smolvla.model.batch import check_prefix, check_shape, prepare_actions, prepare_observation
 from smolvla.model.checkpoint import (
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -34,7 +34,7 @@ from smolvla.model.checkpoint import (
 from smolvla.model.config import SmolVLAConfig
 from smolvla.model.flow_matching import Prefix, VLAFlowMatching
 from smolvla.model.presets import preset_config
-from smolvla.model.rectified_flow import Inpainting
+from smolvla.model.rectified_flow import ActionPrefix, Inpainting, prefix_time
 from smolvla.processors import EmbodimentProcessors, Pipeline
 
 REDUCTIONS = ("mean", "none", "sum_count")
@@ -158,7 +158,7 @@ class SmolVLAPolicy(ActionQueue, nn.Module):
             for pipeline in processors or ():
                 pipeline.save(directory)
 
-        write_pretrained(Path(path), self.config.to_dict(), tensors, self.backbone, write_processors)
+        write_pretrained(Path(path), self.config.to_files(), tensors, self.backbone, write_processors)
 
     def apply_freezing(self) -> None:
         """LeRobot's presets: train_expert_only freezes the backbone, freeze_vision_encoder the SigLIP tower."""
@@ -192,11 +192,18 @@ class SmolVLAPolicy(ActionQueue, nn.Module):
         return prepare_actions(batch, self.config, self.device)
 
     def sample_noise_and_time(self, batch_size: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """Flow-matching noise (B, chunk, max_action_dim) and times (B,) on the CPU, drawn in that order from
-        `generator`: a reproducible draw is one seeded generator, whoever calls."""
+        """Flow-matching noise (B, chunk, max_action_dim) and times on the CPU, drawn in that order from `generator`:
+        a reproducible draw is one seeded generator, whoever calls. Times are (B,), or with training-time RTC
+        (`rtc_training_max_delay` > 0) per chunk step (B, chunk): half the samples get their first d ~ U{1..max}
+        steps given (time 0), the others none."""
         cfg = self.config
         noise = torch.randn(batch_size, cfg.chunk_size, cfg.max_action_dim, generator=generator)
-        return noise, self.model.sample_time(batch_size, torch.device("cpu"), generator=generator)
+        time = self.model.sample_time(batch_size, torch.device("cpu"), generator=generator)
+        if cfg.rtc_training_max_delay:  # half the samples plain: the first chunk of an episode has no prefix
+            delays = torch.randint(1, cfg.rtc_training_max_delay + 1, (batch_size, 1), generator=generator)
+            delays *= torch.rand(batch_size, 1, generator=generator) < 0.5
+            time = prefix_time(time, torch.arange(cfg.chunk_size) < delays)
+        return noise, time
 
     # --- training ---
     def compute_loss(
@@ -214,13 +221,16 @@ class SmolVLAPolicy(ActionQueue, nn.Module):
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         prefix = self.prepare_observation(batch)
         actions, valid = self.prepare_actions(batch)
-        if noise is None:
-            noise = torch.randn(actions.shape, dtype=torch.float32)
-        if time is None:
-            time = self.model.sample_time(actions.shape[0], torch.device("cpu"))
+        if noise is None or time is None:
+            drawn_noise, drawn_time = self.sample_noise_and_time(actions.shape[0])
+            noise = drawn_noise if noise is None else noise
+            time = drawn_time if time is None else time
         check_shape("noise", noise, actions.shape)
-        check_shape("time", time, actions.shape[:1])
-        losses = self.model.losses(prefix, actions, noise.to(self.device), time.to(self.device))["losses_raw"]
+        check_shape("time", time, actions.shape[: time.ndim] if time.ndim == 2 else actions.shape[:1])
+        time = time.to(self.device)
+        losses = self.model.losses(prefix, actions, noise.to(self.device), time)["losses_raw"]
+        if time.ndim == 2:  # training-time RTC: the given steps (t = 0) are inputs, not predictions
+            valid = valid * (time > 0)[..., None]
         losses = losses[..., : self.config.action_dim] * valid
         counts = valid.sum(dim=(1, 2))
         if reduction == "mean":
@@ -238,14 +248,18 @@ class SmolVLAPolicy(ActionQueue, nn.Module):
     @torch.no_grad()
     def predict_chunk(
         self, batch: dict[str, Any], noise: Tensor | None = None, num_steps: int | None = None,
-        inpainting: Inpainting | None = None,
+        inpainting: Inpainting | None = None, action_prefix: ActionPrefix | None = None,
     ) -> Tensor:  # fmt: skip
-        """Sample an action chunk (B, chunk_size, action_dim) in model (normalized) space; `inpainting` (real-time
-        chunking) guides it towards actions still queued from the previous chunk (run under no_grad, not
-        inference_mode: the guidance differentiates through the expert)."""
+        """Sample an action chunk (B, chunk_size, action_dim) in model (normalized) space. Real-time chunking:
+        `inpainting` guides it towards actions still queued from the previous chunk (run under no_grad, not
+        inference_mode: the guidance differentiates through the expert); `action_prefix` gives its first steps,
+        for a policy trained for it (`rtc_training_max_delay`), at the cost of a plain chunk."""
         prefix = self.prepare_observation(batch)
         noise, steps = self.sampling_inputs(prefix.state.shape[0], noise, num_steps)
-        return self.model.sample(prefix, noise, steps, inpainting=inpainting)[..., : self.config.action_dim]
+        if action_prefix is not None:
+            check_prefix(action_prefix, self.config, noise.shape)
+        sampled = self.model.sample(prefix, noise, steps, inpainting=inpainting, action_prefix=action_prefix)
+        return sampled[..., : self.config.action_dim]
 
     def compile_inference(self, mode: str | None = None, whole_chunk: bool = False) -> SmolVLAPolicy:
         """Compile what inference repeats with `torch.compile`. By default the two functions separately — the

@@ -156,6 +156,6 @@ def test_a_hub_backbone_is_named_by_its_id_others_travel_in_vlm(tmp_path):
         config, ids = BACKBONE_PRESETS[name]
         backbone = Backbone(config, ids[FAKE_IMAGE_TOKEN], ids[GLOBAL_IMAGE_TOKEN])
         out = tmp_path / name.replace("/", "_")
-        write_pretrained(out, {"vlm_model_name": name}, {"w": torch.zeros(1)}, backbone)
+        write_pretrained(out, {"config.json": {"vlm_model_name": name}}, {"w": torch.zeros(1)}, backbone)
         assert json.loads((out / "config.json").read_text())["vlm_model_name"] == expected
         assert (out / "vlm").is_dir() == (expected == "vlm")

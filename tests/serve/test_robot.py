@@ -62,6 +62,31 @@ def test_a_delay_longer_than_the_chunk_leaves_only_stale_actions():
     slow = run(mode="async", delay_s=1.5, chunk_threshold=0.5, max_steps=100)  # 15 steps of delay, 10-step chunks
     # Every chunk lands after all of its timesteps have passed: nothing is executed, the robot never moves.
     assert not slow.success and slow.stalls == slow.steps == 100
+    # Which is why a client that knows the policy's chunk refuses such settings before the robot moves.
+    client = RobotClient(planner, ClientConfig(mode="async", delay_s=1.5), chunk_size=10)
+    with pytest.raises(ConfigError, match="15 control steps is not shorter than the policy's chunk"):
+        client.run_episode(PointRobot(), seed=0)
+
+
+def test_the_sizing_rule_is_checked_at_client_start():
+    """g·chunk >= delay·fps, else the robot stands still every chunk; training-time RTC only for a policy trained
+    for it, and for no longer a delay than it was trained with."""
+    with pytest.raises(ConfigError, match=r"5 of 10 actions left, fewer than an inference delay of 6 .* >= 0.6"):
+        ClientConfig(chunk_threshold=0.5).check_timing(chunk_size=10, delay_steps=6)
+    with pytest.raises(ConfigError, match=r"max_in_flight 1 a chunk lands at best every 6 steps .* >= 2"):
+        ClientConfig(chunk_threshold=0.6).check_timing(chunk_size=10, delay_steps=6)
+    ClientConfig(chunk_threshold=0.6, max_in_flight=2).check_timing(chunk_size=10, delay_steps=6)
+    ClientConfig(mode="sync").check_timing(chunk_size=10, delay_steps=30)  # sync waits: slow, never stale
+    with pytest.raises(ConfigError, match="not trained for training-time"):
+        ClientConfig(rtc="trained").check_timing(chunk_size=50, delay_steps=8)
+    with pytest.raises(ConfigError, match="at most 4 given"):
+        ClientConfig(rtc="trained").check_timing(chunk_size=50, delay_steps=8, rtc_training_max_delay=4)
+    ClientConfig(rtc="trained").check_timing(chunk_size=50, delay_steps=8, rtc_training_max_delay=8)
+    # A simulated episode checks before the first step: the robot is never reset.
+    robot = Recording()
+    with pytest.raises(ConfigError, match="chunk_threshold"):
+        RobotClient(planner, ClientConfig(delay_s=0.6), chunk_size=10).run_episode(robot, seed=0)
+    assert not hasattr(robot, "executed")
 
 
 def test_similarity_filter_skips_still_observations_but_never_starves():
@@ -97,7 +122,7 @@ def test_rtc_sends_the_still_queued_actions_and_lets_the_new_chunk_replace_them(
         requests.append(request)
         return 1 + (request.timestep + np.arange(chunk, dtype=np.float32)[:, None]) / 1000
 
-    client = RobotClient(stamped, ClientConfig(mode="async", rtc=True, delay_s=0.3, chunk_threshold=0.5))
+    client = RobotClient(stamped, ClientConfig(mode="async", rtc="guided", delay_s=0.3, chunk_threshold=0.5))
     robot = PointRobot()
     stats = client.run_episode(robot, seed=0)
     assert stats.success and stats.requests == len(requests) > 3
@@ -109,7 +134,70 @@ def test_rtc_sends_the_still_queued_actions_and_lets_the_new_chunk_replace_them(
     assert stats.boundary_jump == pytest.approx(stats.within_jump, abs=1e-6)  # "latest": no seam at merges
 
 
+def timed(request, chunk=10):
+    """Speed ≈ 1 in dim 0, the timestep each row is for stamped as 1 + τ/1000; dim 1: the request's timestep."""
+    rows = np.arange(chunk, dtype=np.float32)[:, None]
+    return np.concatenate([1 + (request.timestep + rows) / 1000, np.full_like(rows, request.timestep)], axis=1)
+
+
+class Recording(PointRobot):
+    def reset(self, seed):
+        self.executed = []
+        return super().reset(seed)
+
+    def step(self, action):
+        self.executed.append(action)
+        return super().step(action if action[1] >= 0 else np.zeros(1, np.float32))
+
+    def hold(self, last_action):
+        return np.array([0.0, -1.0], np.float32)  # standing still: marked as no chunk's row
+
+
+def executed_rows(robot):
+    """(step, the timestep the executed row was planned for, the timestep of the observation it came from)."""
+    return [(t, round((a[0] - 1) * 1000), int(a[1])) for t, a in enumerate(robot.executed) if a[1] >= 0]
+
+
+def test_pipelined_requests_stay_within_k_and_execute_each_timestep_once_in_order():
+    """5 steps of delay, chunks of 10 asked for with 8 left (g = 0.8: one every 2 steps when pipelined): at most k
+    in flight, every executed row is the one planned for that very step (never a step twice, never out of order),
+    and pipelining executes fresher plans."""
+    ages = {}
+    for k in (1, 3):
+        robot = Recording()
+        config = ClientConfig(mode="async", delay_s=0.5, chunk_threshold=0.8, aggregate="latest", max_in_flight=k,
+                              max_steps=60)  # fmt: skip
+        stats = RobotClient(timed, config, chunk_size=10).run_episode(robot, seed=0)
+        rows = executed_rows(robot)
+        assert stats.success and stats.max_in_flight == k and stats.dropped == 0
+        assert stats.stalls == 5  # only the first chunk is waited for
+        assert [planned for t, planned, _ in rows] == [t for t, _, _ in rows]  # each step's own row, in order, once
+        ages[k] = max(t - asked for t, _, asked in rows if t >= 15)  # after the first chunks
+    assert ages == {1: 2 * 5 - 1, 3: 5 + 2 - 1}  # delay + request interval - 1: the interval is the delay without
+
+
+def test_pipelined_replies_out_of_order_are_merged_by_timestep():
+    """Real clock, 3 in flight, every other reply slow: late replies older than a merged one are dropped, and the
+    robot still executes each step's own row once, in order."""
+    calls = []
+
+    def uneven(request):
+        calls.append(request.timestep)
+        time.sleep(0.35 if len(calls) % 2 else 0.05)
+        return timed(request)
+
+    robot = Recording()
+    config = ClientConfig(mode="async", realtime=True, chunk_threshold=0.8, aggregate="latest", max_in_flight=3,
+                          max_steps=40)  # fmt: skip
+    stats = RobotClient(uneven, config, chunk_size=10).run_episode(robot, seed=0)
+    rows = executed_rows(robot)
+    assert stats.max_in_flight <= 3 and stats.dropped > 0
+    assert [planned for t, planned, _ in rows] == [t for t, _, _ in rows] and len(rows) > 20
+
+
 def test_bad_client_settings():
-    for bad in ({"mode": "eager"}, {"chunk_threshold": 2.0}, {"delay_s": -1.0}, {"mode": "sync", "rtc": True}):
-        with pytest.raises(ConfigError):
+    bad_settings = ({"mode": "eager"}, {"chunk_threshold": 2.0}, {"delay_s": -1.0}, {"mode": "sync", "rtc": "guided"},
+                    {"rtc": "yes"}, {"max_in_flight": 0}, {"mode": "sync", "max_in_flight": 2})  # fmt: skip
+    for bad in bad_settings:
+        with pytest.raises(ConfigError, match="--client"):
             RobotClient(planner, ClientConfig(**bad))

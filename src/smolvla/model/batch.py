@@ -29,6 +29,7 @@ from smolvla.keys import (
 from smolvla.model.config import SmolVLAConfig
 from smolvla.model.flow_matching import Prefix
 from smolvla.model.images import resize_with_pad
+from smolvla.model.rectified_flow import ActionPrefix
 
 
 def _check_finite(name: str, value: Tensor) -> None:
@@ -154,6 +155,19 @@ def _mask(batch: dict[str, Any], key: str, shape: tuple[int, ...], device: torch
     if tuple(value.shape) != shape:
         raise BatchError(f"{key!r} must be {shape}, got {tuple(value.shape)}")
     return value.to(device).bool()
+
+
+def check_prefix(prefix: ActionPrefix, config: SmolVLAConfig, noise_shape: tuple[int, ...]) -> None:
+    """Given chunk steps (training-time RTC) only for a policy trained with them, and no more than it was."""
+    if not config.rtc_training_max_delay:
+        raise BatchError("this policy was not trained for training-time real-time chunking (rtc_training_max_delay "
+                         "is 0): give no action prefix, or use guided RTC (inpainting)")  # fmt: skip
+    check_shape("action prefix actions", prefix.actions, noise_shape)
+    check_shape("action prefix mask", prefix.mask, noise_shape[:2])
+    given = int(prefix.mask.sum(dim=1).max()) if prefix.mask.numel() else 0
+    if given > config.rtc_training_max_delay:
+        raise BatchError(f"{given} given chunk steps: this policy was trained with at most "
+                         f"{config.rtc_training_max_delay} (rtc_training_max_delay)")  # fmt: skip
 
 
 def check_shape(name: str, value: Tensor, shape: tuple[int, ...]) -> None:

@@ -31,8 +31,8 @@ from smolvla.adapters import ADAPTER_WEIGHTS
 from smolvla.atomic import atomic_directory
 from smolvla.errors import CheckpointError
 from smolvla.model.backbone import BACKBONE_PRESETS, HUB_BACKBONES, Backbone
+from smolvla.model.config import CONFIG_NAME
 
-CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 PRETRAINED_MODEL = "pretrained_model"  # a checkpoint step's policy directory (LeRobot's name)
 VLM_SUBDIR = "vlm"  # a custom backbone's config and tokenizer, saved inside the checkpoint
@@ -114,25 +114,28 @@ def load_strict(module: nn.Module, state_dict: dict[str, Tensor], source: str) -
 
 def write_pretrained(
     path: Path,
-    config: dict[str, Any],
+    config_files: dict[str, dict[str, Any]],
     tensors: dict[str, Tensor],
     backbone: Backbone,
     extra: Callable[[Path], None] | None = None,
 ) -> None:
     """Write config.json + model.safetensors (`format: pt`, as LeRobot) atomically, plus whatever `extra` writes.
+    `config_files` is `SmolVLAConfig.to_files()`: config.json and, when set, the smolvla-only fields beside it.
 
     A backbone named by a hub id (SmolVLM2, or one resolved from the Hugging Face cache) keeps that id, as LeRobot's
     checkpoints do; any other (the tiny preset, a custom directory) is saved in `vlm/`, referenced relatively, with
     its config and a tokenizer: the backbone's own, else the checkpoint's (written by `extra`, e.g. a tokenizer
     learnt from the instructions), so LeRobot can load `vlm/` too (docs/lerobot.md).
     """
+    config = config_files[CONFIG_NAME]
     name = config["vlm_model_name"]
     hub_preset = name in HUB_BACKBONES and backbone.directory is None and BACKBONE_PRESETS[name][0] == backbone.config
     self_contained = not (backbone.repo_id == name or hub_preset)
     config = {**config, "vlm_model_name": VLM_SUBDIR} if self_contained else config
 
     def write(tmp: Path) -> None:
-        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        for file, content in {**config_files, CONFIG_NAME: config}.items():
+            (tmp / file).write_text(json.dumps(content, indent=2) + "\n")
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         if extra is not None:
             extra(tmp)

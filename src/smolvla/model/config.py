@@ -19,6 +19,12 @@ from smolvla.errors import ConfigError
 from smolvla.keys import ACTION_KEY, EMPTY_CAMERA_PREFIX, STATE_KEY
 
 FEATURE_TYPES = ("VISUAL", "STATE", "ACTION", "ENV", "LANGUAGE", "REWARD")
+# Fields LeRobot's SmolVLAConfig (0.6.x) does not have, with their defaults. LeRobot parses config.json strictly, so
+# these are written beside it, in EXTRA_CONFIG_NAME and only when set: LeRobot still loads such a checkpoint, as the
+# plain SmolVLA it also is.
+SMOLVLA_ONLY = {"rtc_training_max_delay": 0}
+EXTRA_CONFIG_NAME = "smolvla_config.json"
+CONFIG_NAME = "config.json"
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,12 @@ class SmolVLAConfig:
     rtc_config: dict[str, Any] | None = None
     compile_model: bool = False
     compile_mode: str = "max-autotune"
+    # --- smolvla only (SMOLVLA_ONLY) ---
+    # Training-time real-time chunking (arXiv 2512.05964; LeRobot's name for π0.5): half the training samples get
+    # their first d chunk steps, d uniform in 1..this, as clean action tokens (flow time 0) left out of the loss, so
+    # at inference the actions that execute during the delay can be given the same way (`ActionPrefix`); the other
+    # half train the plain chunk (an episode's first, or a zero delay). 0 = off.
+    rtc_training_max_delay: int = 0
 
     def __post_init__(self) -> None:
         self.input_features = _feature_dict(self.input_features, "input_features")
@@ -140,6 +152,11 @@ class SmolVLAConfig:
             raise ConfigError(f"attention_mode is {self.attention_mode!r}, expected 'cross_attn' or 'self_attn'")
         if self.num_steps < 1:
             raise ConfigError(f"num_steps must be >= 1, got {self.num_steps}")
+        if not 0 <= self.rtc_training_max_delay < self.chunk_size:
+            raise ConfigError(
+                f"rtc_training_max_delay ({self.rtc_training_max_delay}) must be in 0..chunk_size - 1 "
+                f"({self.chunk_size - 1}): the given steps are a prefix of the chunk"
+            )
         if not self.optimizer_lr > 0 or self.optimizer_weight_decay < 0 or not self.optimizer_grad_clip_norm > 0:
             raise ConfigError(
                 f"need optimizer_lr > 0, optimizer_weight_decay >= 0 and optimizer_grad_clip_norm > 0, got "
@@ -190,13 +207,12 @@ class SmolVLAConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> SmolVLAConfig:
+        """A config.json, with the smolvla-only fields of the EXTRA_CONFIG_NAME beside it when there is one."""
         path = Path(path)
-        try:
-            raw = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"cannot read policy config {path}: {e}") from e
-        if not isinstance(raw, dict):
-            raise ConfigError(f"policy config {path} must hold a JSON object")
+        raw = _read_object(path)
+        extra = path.with_name(EXTRA_CONFIG_NAME)
+        if extra.is_file():
+            raw = {**raw, **_read_object(extra)}
         return cls.from_dict(raw)
 
     def to_dict(self) -> dict[str, Any]:
@@ -210,6 +226,24 @@ class SmolVLAConfig:
             out[f.name] = value
         return out
 
+    def to_files(self) -> dict[str, dict[str, Any]]:
+        """{file name: JSON object} of a pretrained_model directory: config.json with LeRobot's fields only, and the
+        smolvla-only fields that differ from their defaults in EXTRA_CONFIG_NAME."""
+        lerobot = self.to_dict()
+        extra = {k: lerobot.pop(k) for k in SMOLVLA_ONLY}
+        extra = {k: v for k, v in extra.items() if v != SMOLVLA_ONLY[k]}
+        return {CONFIG_NAME: lerobot, **({EXTRA_CONFIG_NAME: extra} if extra else {})}
+
     def replace(self, **changes: Any) -> SmolVLAConfig:
         """A copy with some fields changed; unknown field names are an error."""
         return self.from_dict({**self.to_dict(), **changes})
+
+
+def _read_object(path: Path) -> dict[str, Any]:
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"cannot read policy config {path}: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"policy config {path} must hold a JSON object")
+    return raw

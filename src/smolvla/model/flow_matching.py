@@ -18,17 +18,25 @@ from torch import Tensor, nn
 
 from smolvla.model.backbone import Backbone
 from smolvla.model.config import SmolVLAConfig
-from smolvla.model.rectified_flow import Inpainting, euler_sample, guided_euler_sample, interpolate
+from smolvla.model.rectified_flow import (
+    ActionPrefix,
+    Inpainting,
+    conditioned_euler_sample,
+    euler_sample,
+    guided_euler_sample,
+    interpolate,
+)
 from smolvla.model.vlm_with_expert import PrefixCache, VLMWithExpert
 
 
 def sinusoidal_time_embedding(time: Tensor, dim: int, min_period: float, max_period: float) -> Tensor:
-    """sin/cos embedding (B, dim) of t with geometric periods; in float64 (angles reach 2*pi/min_period ~ 1.6e3)."""
+    """sin/cos embedding (..., dim) of t (...) with geometric periods; in float64 (angles reach 2*pi/min_period ~
+    1.6e3)."""
     dtype = torch.float32 if time.device.type == "mps" else torch.float64
     fraction = torch.linspace(0.0, 1.0, dim // 2, dtype=dtype, device=time.device)
     period = min_period * (max_period / min_period) ** fraction
-    angles = (1.0 / period * 2 * math.pi)[None, :] * time[:, None].to(dtype)
-    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+    angles = (1.0 / period * 2 * math.pi) * time[..., None].to(dtype)
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
 
 
 @dataclass
@@ -109,12 +117,15 @@ class VLAFlowMatching(nn.Module):
         return embs, pads, flags
 
     def embed_suffix(self, x_t: Tensor, time: Tensor) -> Tensor:
-        """One token per chunk step: MLP(concat(action_in_proj(x_t), time embedding))."""
+        """One token per chunk step: MLP(concat(action_in_proj(x_t), time embedding)); `time` is one per sample (B,)
+        or one per step (B, chunk) (training-time RTC: given steps at t = 0)."""
         action_emb = self.action_in_proj(x_t.to(self.action_in_proj.weight.dtype))
         time_emb = sinusoidal_time_embedding(
             time, action_emb.shape[-1], self.config.min_period, self.config.max_period
         ).to(action_emb.dtype)
-        hidden = torch.cat([action_emb, time_emb[:, None].expand_as(action_emb)], dim=2)
+        if time.ndim == 1:
+            time_emb = time_emb[:, None]
+        hidden = torch.cat([action_emb, time_emb.expand_as(action_emb)], dim=2)
         return self.action_time_mlp_out(F.silu(self.action_time_mlp_in(hidden)))
 
     # --- model ---
@@ -133,7 +144,7 @@ class VLAFlowMatching(nn.Module):
         return int(flags[0].to(torch.uint8).argmax())
 
     def velocity(self, cache: PrefixCache, x_t: Tensor, time: Tensor) -> Tensor:
-        """Predicted velocity v(x_t, t) (B, chunk, max_action_dim), float32."""
+        """Predicted velocity v(x_t, t) (B, chunk, max_action_dim), float32; t (B,) or per step (B, chunk)."""
         out = self.vlm_with_expert.forward_expert(self.embed_suffix(x_t, time), cache)
         return self.action_out_proj(out[:, -self.config.chunk_size :]).float()
 
@@ -143,7 +154,8 @@ class VLAFlowMatching(nn.Module):
         return u.pow(1.0 / 1.5) * 0.999 + 0.001
 
     def losses(self, prefix: Prefix, actions: Tensor, noise: Tensor, time: Tensor) -> dict[str, Tensor]:
-        """Element-wise flow-matching loss (B, chunk, max_action_dim) and its ingredients."""
+        """Element-wise flow-matching loss (B, chunk, max_action_dim) and its ingredients; `time` (B,) or per step
+        (B, chunk) (steps at t = 0 are given, clean, and the caller leaves them out of the loss)."""
         x_t, u_t = interpolate(noise, actions, time)
         v_t = self.velocity(self.encode(prefix), x_t, time)
         return {"losses_raw": F.mse_loss(v_t, u_t, reduction="none"), "x_t": x_t, "u_t": u_t, "v_t": v_t}
@@ -164,10 +176,13 @@ class VLAFlowMatching(nn.Module):
     @torch.no_grad()
     def sample(
         self, prefix: Prefix, noise: Tensor, num_steps: int, return_velocities: bool = False,
-        inpainting: Inpainting | None = None,
+        inpainting: Inpainting | None = None, action_prefix: ActionPrefix | None = None,
     ):  # fmt: skip
         """Euler-integrate from noise (t = 1) to actions (t = 0) (`euler_sample`); the prefix is encoded once.
-        With `inpainting`, real-time chunking's guided sampling towards the still-queued actions."""
+        Real-time chunking: with `inpainting`, guided sampling towards the still-queued actions; with
+        `action_prefix` (a policy trained with `rtc_training_max_delay`), the given first steps held fixed."""
+        if action_prefix is not None:
+            return conditioned_euler_sample(self.velocity_field(prefix), noise, num_steps, action_prefix)
         if inpainting is not None:
             return guided_euler_sample(self.velocity_field(prefix), noise, num_steps, inpainting)
         if return_velocities:

@@ -18,12 +18,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-Velocity = Callable[[Tensor, Tensor], Tensor]  # v(x_t (B, ...), t (B,)) -> (B, ...)
+Velocity = Callable[[Tensor, Tensor], Tensor]  # v(x_t (B, H, ...), t (B,) or per chunk step (B, H)) -> (B, H, ...)
 
 
 def interpolate(noise: Tensor, actions: Tensor, time: Tensor) -> tuple[Tensor, Tensor]:
-    """The straight-line point x_t between `noise` (t = 1) and `actions` (t = 0), and its velocity noise − actions."""
-    t = time.reshape(-1, *([1] * (noise.ndim - 1)))
+    """The straight-line point x_t between `noise` (t = 1) and `actions` (t = 0), and its velocity noise − actions.
+    `time` is one per sample (B,), or one per leading position (B, H) (training-time RTC's clean prefix: t = 0)."""
+    t = time.reshape(*time.shape, *([1] * (noise.ndim - time.ndim)))
     return t * noise + (1 - t) * actions, noise - actions
 
 
@@ -123,4 +124,52 @@ def guided_euler_sample(velocity: Velocity, noise: Tensor, num_steps: int, inpai
         if 0.0 < t < 1.0:
             scale = min(scale, ((1 - t) ** 2 + t**2) / (t * (1 - t)))
         x_t = x_t + dt * (v_t.detach() - scale * pull)
+    return x_t
+
+
+@dataclass
+class ActionPrefix:
+    """Training-time real-time chunking's input (Black et al., arXiv 2512.05964): the first steps of the chunk are
+    given — the actions that execute while the policy thinks — and enter the expert as clean action tokens (flow time
+    0), so the model continues them; it was trained that way (`SmolVLAConfig.rtc_training_max_delay`). Unlike
+    `Inpainting` this costs what a plain chunk costs: no backward pass.
+
+    `actions` (B, H, D) model space, zero-padded; `mask` (B, H) True on each sample's given steps (a leading run).
+    """
+
+    actions: Tensor
+    mask: Tensor
+
+    @classmethod
+    def from_queued(cls, queued: Sequence[Tensor], frozen: Sequence[int], horizon: int, width: int) -> ActionPrefix:
+        """From each batch element's (L_i, d) queued actions (model space) and how many of them are frozen (given);
+        0 frozen samples freely."""
+        actions = torch.zeros(len(queued), horizon, width, dtype=torch.float32)
+        mask = torch.zeros(len(queued), horizon, dtype=torch.bool)
+        for i, (given, d) in enumerate(zip(queued, frozen, strict=True)):
+            if not 0 <= d <= min(len(given), horizon):
+                raise ValueError(f"frozen steps {d} must be in 0..{min(len(given), horizon)}")
+            actions[i, :d, : given.shape[1]] = given[:d]
+            mask[i, :d] = True
+        return cls(actions, mask)
+
+
+def prefix_time(time: Tensor, mask: Tensor) -> Tensor:
+    """Per-step flow time (B, H): `time` (B,) everywhere except 0 (clean) on the given steps."""
+    return torch.where(mask, torch.zeros_like(time)[:, None], time[:, None])
+
+
+def conditioned_euler_sample(velocity: Velocity, noise: Tensor, num_steps: int, prefix: ActionPrefix) -> Tensor:
+    """`euler_sample` with the given steps held at their actions and flow time 0 throughout: the returned chunk
+    repeats them exactly and the model fills in the rest as it learnt to (training-time RTC)."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    dt = -1.0 / num_steps
+    mask = prefix.mask.to(noise.device)
+    given = prefix.actions.to(device=noise.device, dtype=torch.float32)
+    keep = mask[..., None]
+    x_t = torch.where(keep, given, noise.float())
+    for k in range(num_steps):
+        time = prefix_time(x_t.new_full((x_t.shape[0],), 1.0 + k * dt), mask)
+        x_t = torch.where(keep, given, x_t + dt * velocity(x_t, time))
     return x_t

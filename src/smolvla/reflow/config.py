@@ -57,6 +57,11 @@ class ReflowTrainConfig(TrainConfig):
                 "--peft.* is not supported with reflow / one-step distillation: the student is trained in full from "
                 "its teacher's weights"
             )
+        if self.policy.use_reflow and self.policy.rtc_training_max_delay:
+            raise ConfigError(
+                "--policy.rtc_training_max_delay is not supported with reflow / one-step distillation: the student "
+                "regresses its teacher's whole chunk"
+            )
         if self.policy.use_reflow and self.rename_map:
             raise ConfigError(
                 "--rename_map is not supported with reflow: the student reads its teacher's batches, named as the "

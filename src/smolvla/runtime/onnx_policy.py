@@ -56,7 +56,9 @@ class OnnxPolicy(ActionQueue):
     """The prefix and velocity graphs of an export directory, run on ONNX Runtime (`provider`: cpu, cuda,
     tensorrt)."""
 
-    supports_guidance = False  # real-time chunking's guided sampling differentiates through the expert
+    # Real-time chunking: guided sampling differentiates through the expert; training-time RTC's given steps need a
+    # flow time per chunk step, which the exported velocity graph (one time per sample) does not take.
+    supports_guided_rtc = supports_trained_rtc = False
 
     def __init__(self, directory: str | Path, provider: str = "cpu", threads: int | None = None):
         try:
@@ -91,14 +93,15 @@ class OnnxPolicy(ActionQueue):
 
     @torch.no_grad()
     def predict_chunk(
-        self, batch: dict[str, Any], noise: Tensor | None = None, num_steps: int | None = None, inpainting=None
-    ) -> Tensor:
+        self, batch: dict[str, Any], noise: Tensor | None = None, num_steps: int | None = None, inpainting=None,
+        action_prefix=None,
+    ) -> Tensor:  # fmt: skip
         """Sample an action chunk (B, chunk_size, action_dim) in model (normalized) space, as
         `SmolVLAPolicy.predict_chunk` does: the same checks and the same Euler loop (`euler_sample`), with the
         velocity graph in place of the expert."""
-        if inpainting is not None:
-            raise ConfigError("guided real-time chunking needs the PyTorch runtime (a backward pass through the "
-                              "expert); use --runtime=torch, or send no queued actions")  # fmt: skip
+        if inpainting is not None or action_prefix is not None:
+            raise ConfigError("real-time chunking (guided or trained) needs the PyTorch runtime; use "
+                              "--runtime=torch, or send no queued actions")  # fmt: skip
         prefix = self.prepare_observation(batch)
         noise, steps = self.sampling_inputs(prefix.state.shape[0], noise, num_steps)
         feeds = {

@@ -62,10 +62,12 @@ class PolicyClient:
     def predict(
         self, state: np.ndarray, images: dict[str, np.ndarray], task: str, timestep: int = 0, *,
         num_steps: int = 0, seed: int = 0, queued_actions: np.ndarray | None = None, frozen_steps: int = 0,
+        rtc_mode: str = "guided",
     ) -> ChunkReply:  # fmt: skip
         """One chunk for an observation: state (d,) float32, images {feature key: uint8 (H, W, 3)}. With
         `queued_actions` ((L, action_dim) actions still queued from `timestep` on, of which `frozen_steps` execute
-        before the chunk can arrive) the server applies real-time chunking so the chunk continues them smoothly."""
+        before the chunk can arrive) the server applies real-time chunking so the chunk continues them smoothly:
+        `rtc_mode` guided (inpainting), or trained (the frozen steps given to a policy trained for it)."""
         tensors = [proto.encode_tensor(STATE_KEY, np.asarray(state, dtype=np.float32))]
         tensors += [proto.encode_tensor(key, np.asarray(image, dtype=np.uint8)) for key, image in images.items()]
         request = proto.PredictRequest(
@@ -76,7 +78,7 @@ class PolicyClient:
             request.queued_actions.CopyFrom(
                 proto.encode_tensor("queued_actions", np.asarray(queued_actions, dtype=np.float32))
             )
-            request.frozen_steps = frozen_steps
+            request.frozen_steps, request.rtc_mode = frozen_steps, rtc_mode
         started = time.perf_counter()
         reply = self._call(proto.PREDICT, request, proto.PredictReply)
         timing = {f.name: getattr(reply.timing, f.name) for f in reply.timing.DESCRIPTOR.fields}

@@ -9,6 +9,7 @@ rate achieved).
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -72,6 +73,15 @@ def make_robot(config: RunClientConfig, info: Any):
     return MetaWorldRobot(config.task, cameras, size, max_steps=config.client.max_steps)
 
 
+def measured_delay_steps(client: PolicyClient, robot, config: RunClientConfig, calls: int = 3) -> int:
+    """The control steps a chunk takes to come back: the slowest of a few round trips (they also warm the server up)
+    on the robot's first observation, at the robot's rate."""
+    obs = robot.reset(config.seed)
+    slowest = max(client.predict(obs.state, obs.images, obs.task, num_steps=config.num_steps).round_trip_ms
+                  for _ in range(calls))  # fmt: skip
+    return math.ceil(slowest / 1000 * robot.fps)
+
+
 def summarize(episodes: list[EpisodeStats], wall_s: list[float]) -> dict[str, Any]:
     latency = [ms for e in episodes for ms in e.latency_ms]
     steps = sum(e.steps for e in episodes)
@@ -83,6 +93,8 @@ def summarize(episodes: list[EpisodeStats], wall_s: list[float]) -> dict[str, An
         "boundary_jump": float(np.mean([e.boundary_jump for e in episodes])),
         "within_jump": float(np.mean([e.within_jump for e in episodes])),
         "round_trip_ms": {f"p{q}": float(np.percentile(latency, q)) if latency else None for q in (50, 99)},
+        "max_in_flight": max(e.max_in_flight for e in episodes),
+        "dropped_replies": sum(e.dropped for e in episodes),
         "control_hz": steps / sum(wall_s),  # achieved: the robot's fps when realtime, the simulator's speed if not
         "per_episode": [asdict(e) | {"wall_s": w} for e, w in zip(episodes, wall_s, strict=True)],
     }
@@ -97,7 +109,12 @@ def run_client(config: RunClientConfig) -> dict[str, Any]:
         except grpc.RpcError as e:
             raise ServerError(f"policy server {config.server}: {e.code().name}: {e.details()}") from e
         robot = make_robot(config, info)
-        runner = RobotClient(remote_source(client, config.num_steps), config.client)
+        source = remote_source(client, config.num_steps, config.client.rtc)
+        runner = RobotClient(source, config.client, chunk_size=info.chunk_size,
+                             rtc_training_max_delay=info.rtc_training_max_delay)  # fmt: skip
+        if config.client.realtime:  # the delay is the server's: measure it on the first observation, then check
+            config.client.check_timing(info.chunk_size, measured_delay_steps(client, robot, config),
+                                       info.rtc_training_max_delay)  # fmt: skip
         episodes, wall = [], []
         for i in range(config.episodes):
             started = time.perf_counter()

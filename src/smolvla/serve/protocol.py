@@ -10,10 +10,13 @@ descriptors (no generated code to keep in sync with the protobuf runtime):
     Observation   tensors[], task, timestep, timestamp
     PredictRequest   observation, client_id, num_steps (0 = the policy's), seed (0 = random noise),
                      queued_actions (Tensor, optional: real-time chunking's still-queued actions, (L, action_dim)
-                     from the observation's timestep on), frozen_steps (how many of them execute during inference)
+                     from the observation's timestep on), frozen_steps (how many of them execute during inference),
+                     rtc_mode ("guided" (default): guided inpainting; "trained": the frozen steps are given to a
+                     policy trained for it, `rtc_training_max_delay`)
     PredictReply     actions (Tensor, unnormalized, (chunk, action_dim)), timestep, timing
     Timing        queue_ms, preprocess_ms, inference_ms, postprocess_ms, batch_size
-    InfoRequest / PolicyInfo   the features the server expects, chunk size, action dim, message size limit
+    InfoRequest / PolicyInfo   the features the server expects, chunk size, action dim, message size limit, the
+                     training-time RTC delay the policy was trained for (0 = none)
 
 Service `smolvla.serve.PolicyService`: unary `Info` and `Predict`.
 """
@@ -64,6 +67,7 @@ _MESSAGES = {
         ("seed", "int64"),
         ("queued_actions", "Tensor"),
         ("frozen_steps", "int32"),
+        ("rtc_mode", "string"),
     ],
     "Timing": [
         ("queue_ms", "double"),
@@ -82,6 +86,7 @@ _MESSAGES = {
         ("action_dim", "int32"),
         ("max_message_bytes", "int64"),
         ("policy", "string"),
+        ("rtc_training_max_delay", "int32"),
     ],
 }
 

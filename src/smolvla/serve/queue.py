@@ -84,8 +84,8 @@ class SimilarityFilter:
         return float(np.sqrt(np.mean(((np.asarray(state) - self.last) / self.scale) ** 2)))
 
     def should_send(self, state: np.ndarray, queue_empty: bool) -> bool:
-        """True when the observation is new enough, or when the robot would otherwise starve."""
-        return queue_empty or self.distance(state) > self.threshold
+        """True when the observation is new enough (any, with threshold 0), or when the robot would otherwise starve."""
+        return queue_empty or self.threshold <= 0 or self.distance(state) > self.threshold
 
     def sent(self, state: np.ndarray) -> None:
         self.last = np.asarray(state, dtype=np.float64).copy()

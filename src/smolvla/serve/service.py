@@ -19,7 +19,7 @@ import torch
 
 from smolvla.errors import ConfigError
 from smolvla.keys import ACTION_KEY, IMAGE_PREFIX, STATE_KEY, TASK_KEY
-from smolvla.model.rectified_flow import Inpainting
+from smolvla.model.rectified_flow import ActionPrefix, Inpainting
 from smolvla.processors import ImagesToFloat, Normalize, RenameObservations
 from smolvla.processors.factory import robot_features, robot_names
 from smolvla.runtime import check_runtime
@@ -32,6 +32,7 @@ MAX_TASK_CHARS = 2000
 # robot's reading, and values near float32's limit would overflow inside the network into NaN actions.
 MAX_NORMALIZED = 1e3
 MAX_STEPS = 100
+RTC_MODES = ("guided", "trained")  # how a request's queued actions shape its chunk (empty on the wire: guided)
 
 
 @dataclass
@@ -82,6 +83,7 @@ class _Pending:
     seed: int
     queued: torch.Tensor | None  # RTC: still-queued actions, model space (L, action_dim)
     frozen: int
+    rtc: str  # "" (no queued actions) or one of RTC_MODES
     enqueued: float
     done: threading.Event
     is_active: Callable[[], bool]  # False once the client gave up (timed out, cancelled, disconnected)
@@ -134,6 +136,7 @@ class PolicyService:
             action_dim=self.action_dim,
             max_message_bytes=int(self.config.max_message_mb * 2**20),
             policy=str(self.config.policy_path),
+            rtc_training_max_delay=self.policy.config.rtc_training_max_delay,
         )
 
     def observation(self, message: Any) -> dict[str, Any]:
@@ -170,13 +173,17 @@ class PolicyService:
             out[key] = torch.from_numpy(image.copy())
         return out
 
-    def queued_actions(self, request: Any) -> tuple[torch.Tensor, int]:
+    def queued_actions(self, request: Any) -> tuple[torch.Tensor, int, str]:
         """Real-time chunking's queued actions: (L, action_dim) finite float32 robot actions, 1 <= L <= chunk,
-        normalized like the training targets, and 0 <= frozen_steps <= L."""
-        if not getattr(self.policy, "supports_guidance", True):
+        normalized like the training targets, 0 <= frozen_steps <= L, and the RTC mode: guided (any PyTorch-served
+        policy), or trained (a policy trained with `rtc_training_max_delay` >= frozen_steps)."""
+        mode = request.rtc_mode or "guided"
+        if mode not in RTC_MODES:
+            raise ProtocolError(f"rtc_mode must be one of {RTC_MODES}, got {mode!r}")
+        if not getattr(self.policy, f"supports_{mode}_rtc", True):
             raise ProtocolError(
-                "this server's runtime cannot guide sampling (real-time chunking needs a backward pass through the "
-                "expert: serve with --runtime=torch); send no queued_actions"
+                f"this server's runtime cannot run {mode} real-time chunking: serve with --runtime=torch, or send "
+                "no queued_actions"
             )
         actions = proto.decode_tensor(request.queued_actions)
         chunk, dims = self.policy.config.chunk_size, self.action_dim
@@ -187,10 +194,17 @@ class PolicyService:
             raise ProtocolError("queued_actions contain NaN or Inf")
         if not 0 <= request.frozen_steps <= len(actions):
             raise ProtocolError(f"frozen_steps must be in 0..{len(actions)}, got {request.frozen_steps}")
+        trained = self.policy.config.rtc_training_max_delay
+        if mode == "trained" and not trained:
+            raise ProtocolError("rtc_mode trained: this policy was not trained for training-time real-time chunking "
+                                "(rtc_training_max_delay is 0); use guided")  # fmt: skip
+        if mode == "trained" and not 0 < request.frozen_steps <= trained:
+            raise ProtocolError(f"rtc_mode trained: this policy was trained with 1..{trained} given steps "
+                                f"(rtc_training_max_delay), got frozen_steps {request.frozen_steps}")  # fmt: skip
         normalized = self._normalize_actions({ACTION_KEY: torch.from_numpy(actions.copy())})[ACTION_KEY]
         if normalized.abs().max() > MAX_NORMALIZED:
             raise ProtocolError(_too_far("queued_actions", actions))
-        return normalized, int(request.frozen_steps)
+        return normalized, int(request.frozen_steps), mode
 
     # --- inference ---
     def predict(self, request: Any, is_active: Callable[[], bool] = lambda: True) -> Any:
@@ -204,13 +218,13 @@ class PolicyService:
             steps = request.num_steps or self.num_steps
             if not 1 <= steps <= MAX_STEPS:
                 raise ProtocolError(f"num_steps must be in 1..{MAX_STEPS}, got {steps}")
-            queued, frozen = self.queued_actions(request) if request.HasField("queued_actions") else (None, 0)
+            queued, frozen, rtc = self.queued_actions(request) if request.HasField("queued_actions") else (None, 0, "")
         except BaseException:
             self._slots.release()
             raise
         waiting = threading.Event()
         abandoned = threading.Event()
-        pending = _Pending(observation, steps, int(request.seed), queued, frozen, time.perf_counter(), waiting,
+        pending = _Pending(observation, steps, int(request.seed), queued, frozen, rtc, time.perf_counter(), waiting,
                            lambda: not abandoned.is_set() and is_active())  # fmt: skip
         self._queue.put(pending)
         if not waiting.wait(self.config.request_timeout_s):
@@ -253,9 +267,9 @@ class PolicyService:
                     p.done.set()
                     self._slots.release()
             group = [p for p in group if not p.done.is_set()]
-            # One inference per step count, RTC-guided requests apart (they cost an extra backward per step).
-            for steps, guided in sorted({(p.num_steps, p.queued is not None) for p in group}):
-                part = [p for p in group if (p.num_steps, p.queued is not None) == (steps, guided)]
+            # One inference per step count and RTC mode (guided requests cost an extra backward per step).
+            for steps, rtc in sorted({(p.num_steps, p.rtc) for p in group}):
+                part = [p for p in group if (p.num_steps, p.rtc) == (steps, rtc)]
                 try:
                     self._run(part, steps)
                 finally:
@@ -293,17 +307,16 @@ class PolicyService:
                             generator=torch.Generator().manual_seed(p.seed) if p.seed else None)
                 for p in group
             ])  # fmt: skip
-            inpainting = None
-            if group[0].queued is not None:
-                inpainting = Inpainting.from_queued(
-                    [p.queued for p in group],
-                    [p.frozen for p in group],
-                    cfg.chunk_size,
-                    cfg.max_action_dim,
-                    self.config.rtc_max_guidance,
-                )
+            queued, frozen = [p.queued for p in group], [p.frozen for p in group]
+            rtc, width = group[0].rtc, cfg.max_action_dim
+            inpainting = action_prefix = None
+            if rtc == "guided":
+                inpainting = Inpainting.from_queued(queued, frozen, cfg.chunk_size, width, self.config.rtc_max_guidance)
+            elif rtc == "trained":
+                action_prefix = ActionPrefix.from_queued(queued, frozen, cfg.chunk_size, width)
             with torch.no_grad() if inpainting is not None else torch.inference_mode():  # guidance needs autograd
-                chunk = self.policy.predict_chunk(batch, noise=noise, num_steps=steps, inpainting=inpainting)
+                chunk = self.policy.predict_chunk(batch, noise=noise, num_steps=steps, inpainting=inpainting,
+                                                  action_prefix=action_prefix)  # fmt: skip
             inferred = time.perf_counter()
             actions = self.post({"action": chunk})["action"].float().cpu().numpy()
             finished = time.perf_counter()

@@ -79,6 +79,8 @@ class PolicyArgs:
     scheduler_warmup_steps: int | None = None
     scheduler_decay_steps: int | None = None
     scheduler_decay_lr: float | None = None
+    # training-time real-time chunking: up to this many leading chunk steps given per sample (0 = off)
+    rtc_training_max_delay: int | None = None
 
     ARCHITECTURE = ("image_size", "num_vlm_layers")
 
