@@ -1,0 +1,87 @@
+"""The benchmark-scale Meta-World driver on a two-task toy: interrupted between stages and inside the evaluation, it
+resumes where it stopped and redoes nothing; the report has the task and difficulty rows and a failure video."""
+
+import json
+import os
+
+import pytest
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # before MuJoCo is first imported
+
+from benchmarks import bench_metaworld, report
+
+RECIPE = """
+name: toy
+tasks: drawer-close,button-press
+collect: {episodes_per_task: 2, image_size: 32, cameras: [corner2], num_workers: 1}
+train:
+  steps: 2
+  batch_size: 4
+  num_workers: 0
+  progress: false
+  val_freq: 0
+  policy: {chunk_size: 5, n_action_steps: 5}
+eval: {episodes: 1, num_workers: 1, max_steps: 15}
+"""
+
+
+def test_an_interrupted_benchmark_resumes_and_redoes_nothing(tmp_path, monkeypatch):
+    (tmp_path / "recipe.yaml").write_text(RECIPE)
+    recipe = bench_metaworld.Recipe.load(tmp_path / "recipe.yaml")
+    recipe.output_dir = str(tmp_path / "out")
+    assert recipe.train_flags()[-2:] == ["--policy.chunk_size=5", "--policy.n_action_steps=5"]
+    monkeypatch.setattr(report, "RESULTS", tmp_path / "results")
+    stages = tmp_path / "out" / "stages.json"
+
+    bench_metaworld.run(recipe, stop_after="collect")
+    after_collect = json.loads(stages.read_text())
+    assert set(after_collect) == {"collect"} and set(after_collect["collect"]["tasks"]) == {
+        "drawer-close",
+        "button-press",
+    }
+
+    bench_metaworld.run(recipe, stop_after="train")
+    after_train = json.loads(stages.read_text())
+    assert after_train["collect"] == after_collect["collect"]  # nothing collected again
+    final = tmp_path / "out" / "train" / "checkpoints" / "000002" / "pretrained_model"
+    trained_at = (final / "model.safetensors").stat().st_mtime_ns
+
+    import smolvla.eval.evaluate as evaluate_module
+
+    evaluated, real = [], evaluate_module.evaluate
+
+    def killed_on_the_second_task(config, progress=True):
+        if evaluated:
+            raise KeyboardInterrupt  # the run dies while evaluating button-press
+        evaluated.append(config.env.task)
+        return real(config, progress)
+
+    monkeypatch.setattr(evaluate_module, "evaluate", killed_on_the_second_task)
+    with pytest.raises(KeyboardInterrupt):
+        bench_metaworld.run(recipe)
+    assert evaluated == ["drawer-close"]
+
+    def counting(config, progress=True):
+        evaluated.append(config.env.task)
+        return real(config, progress)
+
+    monkeypatch.setattr(evaluate_module, "evaluate", counting)
+    result = bench_metaworld.run(recipe)
+    assert evaluated == ["drawer-close", "button-press"]  # only the task the interruption left
+    done = json.loads(stages.read_text())
+    assert done["collect"] == after_collect["collect"] and done["train"] == after_train["train"]
+    assert (final / "model.safetensors").stat().st_mtime_ns == trained_at  # not trained again
+    assert set(done["eval"]["tasks"]) == {"drawer-close", "button-press"}
+
+    rows = {r["task"]: r for r in result["rows"]}
+    assert {"drawer-close", "button-press", "**easy** (2 tasks)", "**overall** (2 tasks)"} <= set(rows)
+    assert result["groups"]["overall"] == pytest.approx(
+        (rows["drawer-close"]["success"] + rows["button-press"]["success"]) / 2
+    )
+    for task in ("drawer-close", "button-press"):  # 15 steps of an untrained policy: a failure, recorded
+        assert rows[task]["success"] == 0 and rows[task]["video"].endswith(f"{task}_0_failure.mp4")
+    saved = json.loads((tmp_path / "results" / "metaworld_toy.json").read_text())
+    assert saved["machine"]["recipe"]["tasks"] == "drawer-close,button-press" and saved["rows"] == result["rows"]
+
+    bench_metaworld.run(recipe)  # finished: nothing at all is redone
+    assert evaluated == ["drawer-close", "button-press"] and json.loads(stages.read_text()) == done
