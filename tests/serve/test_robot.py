@@ -58,14 +58,24 @@ def test_async_hides_the_inference_delay_that_sync_pays_for():
     assert asynchronous.seconds == pytest.approx(asynchronous.steps / 10)
 
 
-def test_a_delay_longer_than_the_chunk_leaves_only_stale_actions():
+def test_a_delay_longer_than_the_chunk_leaves_the_robot_mostly_standing():
     slow = run(mode="async", delay_s=1.5, chunk_threshold=0.5, max_steps=100)  # 15 steps of delay, 10-step chunks
-    # Every chunk lands after all of its timesteps have passed: nothing is executed, the robot never moves.
-    assert not slow.success and slow.stalls == slow.steps == 100
+    # Each chunk lands 10 ticks after the queue ran dry: the robot stands still more than it moves.
+    assert slow.stalls > slow.steps / 2 and slow.steps > 2 * run(mode="async").steps
     # Which is why a client that knows the policy's chunk refuses such settings before the robot moves.
     client = RobotClient(planner, ClientConfig(mode="async", delay_s=1.5), chunk_size=10)
     with pytest.raises(ConfigError, match="15 control steps is not shorter than the policy's chunk"):
         client.run_episode(PointRobot(), seed=0)
+
+
+def test_a_chunk_landing_after_a_wait_starts_at_its_first_row():
+    """Rows are indexed by executed actions, not ticks: while the robot held still (waiting for its first chunk, or
+    after the queue ran dry) no row became stale, so the chunk is executed from row 0 — as sync does."""
+    robot = Recording()
+    config = ClientConfig(mode="async", delay_s=0.5, chunk_threshold=0.8, aggregate="latest", max_steps=30)
+    RobotClient(timed, config, chunk_size=10).run_episode(robot, seed=0)
+    first = robot.executed[5]  # after 5 ticks of waiting
+    assert [round((first[0] - 1) * 1000), int(first[1])] == [0, 0]  # row 0 of the chunk asked for at the start
 
 
 def test_the_sizing_rule_is_checked_at_client_start():
@@ -154,13 +164,15 @@ class Recording(PointRobot):
 
 
 def executed_rows(robot):
-    """(step, the timestep the executed row was planned for, the timestep of the observation it came from)."""
-    return [(t, round((a[0] - 1) * 1000), int(a[1])) for t, a in enumerate(robot.executed) if a[1] >= 0]
+    """Per executed chunk action (holds skipped): (its index among them, the index its row was planned for, the
+    action index at the observation it came from)."""
+    rows = [a for a in robot.executed if a[1] >= 0]
+    return [(k, round((a[0] - 1) * 1000), int(a[1])) for k, a in enumerate(rows)]
 
 
 def test_pipelined_requests_stay_within_k_and_execute_each_timestep_once_in_order():
     """5 steps of delay, chunks of 10 asked for with 8 left (g = 0.8: one every 2 steps when pipelined): at most k
-    in flight, every executed row is the one planned for that very step (never a step twice, never out of order),
+    in flight, every executed row is the one planned for that very action (never one twice, never out of order),
     and pipelining executes fresher plans."""
     ages = {}
     for k in (1, 3):
@@ -171,8 +183,8 @@ def test_pipelined_requests_stay_within_k_and_execute_each_timestep_once_in_orde
         rows = executed_rows(robot)
         assert stats.success and stats.max_in_flight == k and stats.dropped == 0
         assert stats.stalls == 5  # only the first chunk is waited for
-        assert [planned for t, planned, _ in rows] == [t for t, _, _ in rows]  # each step's own row, in order, once
-        ages[k] = max(t - asked for t, _, asked in rows if t >= 15)  # after the first chunks
+        assert [planned for i, planned, _ in rows] == [i for i, _, _ in rows]  # each one's own row, in order, once
+        ages[k] = max(i - asked for i, _, asked in rows if i >= 10)  # actions since the observation, after the start
     assert ages == {1: 2 * 5 - 1, 3: 5 + 2 - 1}  # delay + request interval - 1: the interval is the delay without
 
 
@@ -192,7 +204,7 @@ def test_pipelined_replies_out_of_order_are_merged_by_timestep():
     stats = RobotClient(uneven, config, chunk_size=10).run_episode(robot, seed=0)
     rows = executed_rows(robot)
     assert stats.max_in_flight <= 3 and stats.dropped > 0
-    assert [planned for t, planned, _ in rows] == [t for t, _, _ in rows] and len(rows) > 20
+    assert [planned for i, planned, _ in rows] == [i for i, _, _ in rows] and len(rows) > 20
 
 
 def test_bad_client_settings():

@@ -2,7 +2,10 @@
 
 Synchronous execution asks for a chunk when the queue is empty and stands still until it arrives; asynchronous
 execution asks as soon as at most `chunk_threshold` × chunk actions remain (counting those already requested), keeps
-executing meanwhile, and merges the chunk when it lands (`queue.ActionQueue`). With `max_in_flight` = k > 1 the
+executing meanwhile, and merges the chunk when it lands (`queue.ActionQueue`). Chunk rows are indexed by executed
+actions, not clock ticks: the rows for actions executed since the observation are stale, but a tick spent holding
+still (waiting for the first chunk, or with an empty queue) makes no row stale — the chunk then starts at the row
+for where the robot really is in the plan. With `max_in_flight` = k > 1 the
 requests are pipelined: a new one goes out every (1 − g)·chunk steps even while earlier ones are still computed, so at
 a long delay the robot executes fresher chunks (the age of an executed action is at most delay + (1 − g)·chunk steps
 instead of 2·delay); replies are merged by timestep and a reply older than one already merged is dropped.
@@ -45,7 +48,7 @@ from smolvla.serve.queue import ActionQueue, SimilarityFilter
 @dataclass
 class ChunkRequest:
     observation: Observation
-    timestep: int  # the observation's control step: row 0 of the chunk is the action for it
+    timestep: int  # the index of the next action to execute when the observation was taken: the chunk's row 0
     queued_actions: np.ndarray | None = None  # RTC: actions still queued for timestep, timestep + 1, ... (L, d)
     frozen: int = 0  # how many of them execute before the chunk can arrive
 
@@ -156,7 +159,10 @@ class RobotClient:
         last, merged_at, newest, started = None, -1, -1, False
         stats = {"requests": 0, "skipped": 0, "stalls": 0, "max_in_flight": 0, "dropped": 0}
         boundary, within, latency = [], [], []
-        success, t = False, 0
+        # Two counters: t counts control ticks (the clock, the delay), n the actions executed. A chunk's rows are
+        # indexed by n: a tick spent holding still (an empty queue) consumes no row, so a chunk that lands after a
+        # stall starts where the robot really is in its plan — the whole chunk after a wait, as in sync execution.
+        success, t, n = False, 0, 0
         period = 1.0 / robot.fps
         next_tick = time.perf_counter()
 
@@ -172,27 +178,28 @@ class RobotClient:
                     chunk = chunk[: cfg.n_action_steps]
                 if queue is None:  # RTC's chunk already agrees with the queued steps: it simply replaces them
                     queue = ActionQueue(chunk.shape[1], "latest" if cfg.rtc != "off" else cfg.aggregate)
-                    queue.first = t
-                # Sync: the robot stood still while waiting, so the chunk starts now; async: it kept moving, so the
-                # rows for the steps executed since the observation are stale.
-                queue.merge(chunk, t if cfg.mode == "sync" else reply["start"])
+                    queue.first = n
+                # Rows for actions executed since the observation are stale (async: the robot kept moving); sync
+                # executed none while it waited, so its chunk starts at row 0.
+                queue.merge(chunk, reply["start"])
                 newest, merged_at = reply["start"], t
 
         while t < cfg.max_steps:
             merge_arrived()  # first: a reply that lands now frees its slot and updates what is left
-            if self._wants_chunk(t, queue, pending, obs, filt, stats):
-                pending.append(self._request(ChunkRequest(obs, t), queue, delay_steps, latency, robot.fps))
+            if self._wants_chunk(n, queue, pending, obs, filt, stats):
+                pending.append(self._request(ChunkRequest(obs, n), t, queue, delay_steps, latency, robot.fps))
                 filt.sent(obs.state)
                 stats["requests"] += 1
                 stats["max_in_flight"] = max(stats["max_in_flight"], len(pending))
                 merge_arrived()  # a reply without delay lands at once
-            action = None if queue is None else queue.pop(t)
+            action = None if queue is None else queue.pop(n)
             if action is None:
                 action = robot.hold(last)
                 stats["stalls"] += 1
-            elif started:  # the jump from rest into the very first chunk is the same for every mode: not counted
-                (boundary if merged_at == t else within).append(float(np.abs(action - last).mean()))
             else:
+                n += 1
+                if started:  # the jump from rest into the very first chunk is the same for every mode: not counted
+                    (boundary if merged_at == t else within).append(float(np.abs(action - last).mean()))
                 started = True
             obs, success, over = robot.step(action)
             last, t = action, t + 1
@@ -212,7 +219,7 @@ class RobotClient:
         )  # fmt: skip
 
     # --- helpers ---
-    def _wants_chunk(self, t: int, queue: ActionQueue | None, pending: list[dict[str, Any]], obs: Observation,
+    def _wants_chunk(self, n: int, queue: ActionQueue | None, pending: list[dict[str, Any]], obs: Observation,
                      filt: SimilarityFilter, stats: dict[str, int]) -> bool:  # fmt: skip
         cfg = self.config
         queued = 0 if queue is None else len(queue)
@@ -222,7 +229,7 @@ class RobotClient:
             return False
         if queue is not None:  # actions for the steps ahead, queued or already asked for
             chunk = self._chunk
-            covered = max([queue.first + queued] + [p["start"] + chunk for p in pending]) - t
+            covered = max([queue.first + queued] + [p["start"] + chunk for p in pending]) - n
             if covered > cfg.chunk_threshold * chunk:
                 return False
         if filt.should_send(obs.state, queue_empty=queued == 0):
@@ -230,11 +237,10 @@ class RobotClient:
         stats["skipped"] += 1
         return False
 
-    def _request(self, request: ChunkRequest, queue: ActionQueue | None, delay_steps: int, latency: list[float],
-                 fps: float) -> dict[str, Any]:  # fmt: skip
+    def _request(self, request: ChunkRequest, tick: int, queue: ActionQueue | None, delay_steps: int,
+                 latency: list[float], fps: float) -> dict[str, Any]:  # fmt: skip
         cfg = self.config
-        t = request.timestep
-        pending: dict[str, Any] = {"start": t}
+        pending: dict[str, Any] = {"start": request.timestep}
         if cfg.rtc != "off" and queue is not None and len(queue):
             if cfg.realtime:  # expected delay: the recent round trips, in control steps
                 delay_steps = math.ceil(np.mean(latency[-5:]) / 1000 * fps) if latency else 0
@@ -256,7 +262,7 @@ class RobotClient:
             pending["thread"].start()
         else:
             call()
-            pending["ready_at"] = t + delay_steps
+            pending["ready_at"] = tick + delay_steps
         return pending
 
     def _arrived(self, pending: dict[str, Any], t: int) -> bool:
