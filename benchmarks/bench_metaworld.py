@@ -13,8 +13,8 @@ config file, so what produced a number is kept beside it. Stages:
 3. eval: `smolvla eval` per task on unseen starts, `<out>/eval/<task>/eval_info.json`; a finished task is kept; for a
    task that failed an episode, that episode is rolled out again and recorded (`<out>/videos/`).
 
-Each run adds its wall time per stage to `<out>/stages.json`. The report prints the table by task and difficulty
-group, writes `benchmarks/results/metaworld_<name>.json` and `<out>/success.png`.
+Each run adds its wall time per stage to `<out>/stages.json`, an interrupted stage's included. The report prints
+the table by task and difficulty group, writes `benchmarks/results/metaworld_<name>.json` and `<out>/success.png`.
 """
 
 from __future__ import annotations
@@ -127,8 +127,10 @@ def collect_stage(recipe: Recipe, tasks: list[str], out: Path, log: StageLog) ->
             continue
         started = time.perf_counter()
         print(f"[collect] {task}: {recipe.collect.episodes_per_task} demonstrations → {root}", flush=True)
-        collect(config)
-        log.add("collect", time.perf_counter() - started, task)
+        try:
+            collect(config)
+        finally:  # an interrupted stage's time counts too: the total is what the benchmark cost
+            log.add("collect", time.perf_counter() - started, task)
     return roots
 
 
@@ -146,8 +148,10 @@ def train_stage(recipe: Recipe, roots: list[str], out: Path, log: StageLog) -> P
     started = time.perf_counter()
     resume = (checkpoints_dir(run) / LAST).exists()
     print(f"[train] {steps} steps on {len(roots)} datasets → {run}{' (resumed)' if resume else ''}", flush=True)
-    train(TrainConfig.from_flags([*flags, f"--resume={resume}"]))
-    log.add("train", time.perf_counter() - started)
+    try:
+        train(TrainConfig.from_flags([*flags, f"--resume={resume}"]))
+    finally:
+        log.add("train", time.perf_counter() - started)
     return final
 
 
@@ -164,13 +168,16 @@ def eval_stage(recipe: Recipe, policy: Path, tasks: list[str], out: Path, log: S
             eval=EvalLoop(n_episodes=recipe.eval.episodes, num_workers=recipe.eval.num_workers, videos_per_task=0),
         )  # fmt: skip
         started = time.perf_counter()
-        if summary is None:
-            print(f"[eval] {task}: {recipe.eval.episodes} episodes", flush=True)
-            summary = evaluate(config, progress=False)
-        if "failure_video" not in summary:  # (an interruption after the evaluation only redoes the video)
-            summary["failure_video"] = failure_video(policy, config, summary, out / "videos")
-            atomic_write_text(info, json.dumps(summary, indent=2) + "\n")
-            log.add("eval", time.perf_counter() - started, task)
+        try:
+            if summary is None:
+                print(f"[eval] {task}: {recipe.eval.episodes} episodes", flush=True)
+                summary = evaluate(config, progress=False)
+            if "failure_video" not in summary:  # (an interruption after the evaluation only redoes the video)
+                summary["failure_video"] = failure_video(policy, config, summary, out / "videos")
+                atomic_write_text(info, json.dumps(summary, indent=2) + "\n")
+        finally:
+            if time.perf_counter() - started > 0.5:  # a task only read back costs nothing
+                log.add("eval", time.perf_counter() - started, task)
         results[task] = summary
     return results
 
