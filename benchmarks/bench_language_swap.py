@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_metaworld import Recipe, StageLog, collect_stage, train_stage
+from benchmarks.bench_metaworld import Recipe, StageLog, collect_stage, eval_config, train_stage
 from benchmarks.report import report
 from smolvla.errors import ConfigError
 from smolvla.sim.tasks import instruction, resolve_tasks
@@ -36,7 +36,7 @@ def pairs_of(tasks: list[str]) -> dict[str, str]:
 
 
 def swap_stage(recipe: Recipe, policy: Path, tasks: list[str], out: Path, log: StageLog) -> list[dict]:
-    from smolvla.eval.evaluate import EvalConfig, EvalLoop, PolicyRef, evaluate
+    from smolvla.eval.evaluate import evaluate
 
     rows = []
     for task, partner in pairs_of(tasks).items():
@@ -46,12 +46,8 @@ def swap_stage(recipe: Recipe, policy: Path, tasks: list[str], out: Path, log: S
             if not info.is_file():
                 started = time.perf_counter()
                 print(f"[eval] {task} told {sentence or 'its own instruction'}", flush=True)
-                env = dataclasses.replace(EvalConfig().env, task=task, max_steps=recipe.eval.max_steps,
-                                          instruction=sentence)  # fmt: skip
                 try:
-                    evaluate(EvalConfig(policy=PolicyRef(path=str(policy)), env=env, seed=recipe.eval.seed,
-                                        eval=EvalLoop(recipe.eval.episodes, recipe.eval.num_workers, videos_per_task=0),
-                                        output_dir=str(info.parent)), progress=False)  # fmt: skip
+                    evaluate(eval_config(recipe, policy, task, info.parent, sentence), progress=False)
                 finally:
                     log.add("eval", time.perf_counter() - started, f"{task}/{told}")
             summary = json.loads(info.read_text())["per_task"][task]

@@ -155,18 +155,23 @@ def train_stage(recipe: Recipe, roots: list[str], out: Path, log: StageLog) -> P
     return final
 
 
+def eval_config(recipe: Recipe, policy: Path, task: str, output_dir: Path, instruction: str | None = None):
+    """The `smolvla eval` settings of one task under the recipe (told `instruction` instead of its own, if given)."""
+    from smolvla.eval.evaluate import EvalConfig, EvalLoop, PolicyRef
+
+    env = dataclasses.replace(EvalConfig().env, task=task, max_steps=recipe.eval.max_steps, instruction=instruction)
+    return EvalConfig(policy=PolicyRef(path=str(policy)), env=env, seed=recipe.eval.seed, output_dir=str(output_dir),
+                      eval=EvalLoop(recipe.eval.episodes, recipe.eval.num_workers, videos_per_task=0))  # fmt: skip
+
+
 def eval_stage(recipe: Recipe, policy: Path, tasks: list[str], out: Path, log: StageLog) -> dict[str, dict]:
-    from smolvla.eval.evaluate import EvalConfig, EvalLoop, PolicyRef, evaluate
+    from smolvla.eval.evaluate import evaluate
 
     results = {}
     for task in tasks:
         info = out / "eval" / task / "eval_info.json"
         summary = json.loads(info.read_text()) if info.is_file() else None
-        config = EvalConfig(
-            policy=PolicyRef(path=str(policy)), seed=recipe.eval.seed, output_dir=str(info.parent),
-            env=dataclasses.replace(EvalConfig().env, task=task, max_steps=recipe.eval.max_steps),
-            eval=EvalLoop(n_episodes=recipe.eval.episodes, num_workers=recipe.eval.num_workers, videos_per_task=0),
-        )  # fmt: skip
+        config = eval_config(recipe, policy, task, info.parent)
         started = time.perf_counter()
         try:
             if summary is None:

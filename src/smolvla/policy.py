@@ -226,7 +226,7 @@ class SmolVLAPolicy(ActionQueue, nn.Module):
             noise = drawn_noise if noise is None else noise
             time = drawn_time if time is None else time
         check_shape("noise", noise, actions.shape)
-        check_shape("time", time, actions.shape[: time.ndim] if time.ndim == 2 else actions.shape[:1])
+        check_shape("time", time, actions.shape[:2] if time.ndim == 2 else actions.shape[:1])
         time = time.to(self.device)
         losses = self.model.losses(prefix, actions, noise.to(self.device), time)["losses_raw"]
         if time.ndim == 2:  # training-time RTC: the given steps (t = 0) are inputs, not predictions

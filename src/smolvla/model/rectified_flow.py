@@ -156,20 +156,14 @@ class ActionPrefix:
 
 def prefix_time(time: Tensor, mask: Tensor) -> Tensor:
     """Per-step flow time (B, H): `time` (B,) everywhere except 0 (clean) on the given steps."""
-    return torch.where(mask, torch.zeros_like(time)[:, None], time[:, None])
+    return torch.where(mask, 0.0, time[:, None])
 
 
 def conditioned_euler_sample(velocity: Velocity, noise: Tensor, num_steps: int, prefix: ActionPrefix) -> Tensor:
-    """`euler_sample` with the given steps held at their actions and flow time 0 throughout: the returned chunk
-    repeats them exactly and the model fills in the rest as it learnt to (training-time RTC)."""
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    dt = -1.0 / num_steps
+    """`euler_sample` with the given steps held at their actions and flow time 0 throughout (their velocity is
+    zeroed): the returned chunk repeats them exactly and the model fills in the rest as it learnt to
+    (training-time RTC)."""
     mask = prefix.mask.to(noise.device)
-    given = prefix.actions.to(device=noise.device, dtype=torch.float32)
     keep = mask[..., None]
-    x_t = torch.where(keep, given, noise.float())
-    for k in range(num_steps):
-        time = prefix_time(x_t.new_full((x_t.shape[0],), 1.0 + k * dt), mask)
-        x_t = torch.where(keep, given, x_t + dt * velocity(x_t, time))
-    return x_t
+    start = torch.where(keep, prefix.actions.to(device=noise.device, dtype=torch.float32), noise.float())
+    return euler_sample(lambda x_t, t: torch.where(keep, 0.0, velocity(x_t, prefix_time(t, mask))), start, num_steps)
