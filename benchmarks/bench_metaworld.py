@@ -50,6 +50,7 @@ class CollectRecipe:
     episodes_per_task: int = 30
     image_size: int = 64
     cameras: tuple[str, ...] = ("corner2", "gripperPOV")
+    camera_pose: str = "metaworld"  # where corner2 stands ("lerobot": closer); evaluation renders the same
     num_workers: int = 2
 
 
@@ -119,7 +120,8 @@ def collect_stage(recipe: Recipe, tasks: list[str], out: Path, log: StageLog) ->
     roots = []
     for task in tasks:
         root = out / "data" / task
-        env = MetaWorldConfig(task=task, cameras=tuple(recipe.collect.cameras), image_size=recipe.collect.image_size)
+        env = MetaWorldConfig(task=task, cameras=tuple(recipe.collect.cameras), image_size=recipe.collect.image_size,
+                              camera_pose=recipe.collect.camera_pose)  # fmt: skip
         config = CollectConfig(env=env, episodes_per_task=recipe.collect.episodes_per_task, output_dir=str(root),
                                num_workers=recipe.collect.num_workers)  # fmt: skip
         roots.append(str(root))
@@ -159,7 +161,8 @@ def eval_config(recipe: Recipe, policy: Path, task: str, output_dir: Path, instr
     """The `smolvla eval` settings of one task under the recipe (told `instruction` instead of its own, if given)."""
     from smolvla.eval.evaluate import EvalConfig, EvalLoop, PolicyRef
 
-    env = dataclasses.replace(EvalConfig().env, task=task, max_steps=recipe.eval.max_steps, instruction=instruction)
+    env = dataclasses.replace(EvalConfig().env, task=task, max_steps=recipe.eval.max_steps, instruction=instruction,
+                              camera_pose=recipe.collect.camera_pose)  # fmt: skip
     return EvalConfig(policy=PolicyRef(path=str(policy)), env=env, seed=recipe.eval.seed, output_dir=str(output_dir),
                       eval=EvalLoop(recipe.eval.episodes, recipe.eval.num_workers, videos_per_task=0))  # fmt: skip
 

@@ -9,11 +9,12 @@ import pytest
 os.environ.setdefault("MUJOCO_GL", "egl")  # before MuJoCo is first imported
 
 from benchmarks import bench_metaworld, report
+from smolvla.sim.collect import COLLECT_META
 
 RECIPE = """
 name: toy
 tasks: drawer-close,button-press
-collect: {episodes_per_task: 2, image_size: 32, cameras: [corner2], num_workers: 1}
+collect: {episodes_per_task: 2, image_size: 32, cameras: [corner2], camera_pose: lerobot, num_workers: 1}
 train:
   steps: 2
   batch_size: 4
@@ -35,6 +36,8 @@ def test_an_interrupted_benchmark_resumes_and_redoes_nothing(tmp_path, monkeypat
 
     bench_metaworld.run(recipe, stop_after="collect")
     after_collect = json.loads(stages.read_text())
+    collected = json.loads((tmp_path / "out" / "data" / "drawer-close" / "meta" / COLLECT_META).read_text())
+    assert collected["config"]["env"]["camera_pose"] == "lerobot"
     assert set(after_collect) == {"collect"} and set(after_collect["collect"]["tasks"]) == {
         "drawer-close",
         "button-press",
@@ -53,6 +56,7 @@ def test_an_interrupted_benchmark_resumes_and_redoes_nothing(tmp_path, monkeypat
     def killed_on_the_second_task(config, progress=True):
         if evaluated:
             raise KeyboardInterrupt  # the run dies while evaluating button-press
+        assert config.env.camera_pose == "lerobot"  # evaluated from where the data was collected
         evaluated.append(config.env.task)
         return real(config, progress)
 

@@ -38,5 +38,11 @@ def test_sizes_fill_only_unset_fields():
     assert config.size == "quick" and config.steps == 7 and config.episodes_per_task == 4
     assert config.output_dir == "outputs/demo-quick"  # never collides with the default run's dataset
     assert DemoConfig().resolved().tasks.count(",") >= 1
+    full = DemoConfig(size="full").resolved()
+    assert (full.tasks, full.image_size, DemoConfig(size="full", image_size=96).resolved().image_size) == (
+        "mt10",
+        128,
+        96,
+    )
     with pytest.raises(ConfigError, match="--size"):
         DemoConfig(size="huge").resolved()

@@ -99,6 +99,25 @@ def test_lerobot_settings_move_corner2():
         assert env.reset(seed=0)[0]["pixels"]["corner2"].shape == (24, 24, 3)
 
 
+def test_lerobot_camera_pose_with_the_fast_render():
+    """LeRobot's closer corner2 at the cheap render quality: the table fills more of the view."""
+
+    def first_frame(**settings):
+        with MetaWorldEnv(task="reach", cameras=("corner2", "gripperPOV"), image_size=32, **settings) as env:
+            corner2 = env.sim.model.cam_pos[env.sim.model.camera("corner2").id].copy()
+            assert env.sim.model.vis.quality.offsamples == 0
+            return corner2, env.reset(seed=3)[0]["pixels"]
+
+    default_pos, default = first_frame()
+    moved_pos, moved = first_frame(camera_pose="lerobot")
+    np.testing.assert_allclose(moved_pos, (0.75, 0.075, 0.7))
+    assert not np.allclose(default_pos, moved_pos)
+    assert np.abs(moved["corner2"].astype(float) - default["corner2"]).mean() > 5
+    np.testing.assert_array_equal(moved["gripperPOV"], default["gripperPOV"])  # only corner2 moves
+    with pytest.raises(SimError, match="camera_pose must be one of"):
+        MetaWorldEnv(task="reach", camera_pose="closer")
+
+
 def test_perturbed_views_move_the_camera_and_dim_the_light():
     def first_frame(**settings):
         with MetaWorldEnv(task="reach", cameras=("corner2",), image_size=32, **settings) as env:

@@ -82,7 +82,12 @@ def _config_record(config: CollectConfig, tasks: list[str]) -> dict[str, Any]:
     for key in ("output_dir", "num_workers", "overwrite"):  # do not change which episodes are collected
         record.pop(key)
     record = json.loads(json.dumps(record))
-    for key, neutral in (("camera_offset", [0.0, 0.0, 0.0]), ("light_scale", 1.0), ("instruction", None)):
+    for key, neutral in (
+        ("camera_offset", [0.0, 0.0, 0.0]),
+        ("light_scale", 1.0),
+        ("instruction", None),
+        ("camera_pose", "metaworld"),
+    ):
         if record["env"][key] == neutral:  # recorded as before these settings existed
             record["env"].pop(key)
     return record

@@ -32,6 +32,7 @@ except ImportError as e:  # pragma: no cover - depends on the install
     raise SmolVLAError("the simulator needs the sim extra: pip install 'smolvla[sim]'") from e
 
 RENDER_SETTINGS = ("fast", "lerobot")
+CAMERA_POSES = ("metaworld", "lerobot")
 CONTROL_FPS = 80  # every Meta-World task: 2.5 ms physics step x frame_skip 5 = 12.5 ms per action
 STATE_NAMES = ["x", "y", "z", "gripper"]
 ACTION_NAMES = ["dx", "dy", "dz", "gripper"]
@@ -72,7 +73,10 @@ class MetaWorldConfig:
     cameras: tuple[str, ...] = ("corner2", "gripperPOV")
     image_size: int = 128  # square images, as SmolVLA resizes to a square anyway
     max_steps: int = 500  # LeRobot's episode cap for Meta-World
-    render: str = "fast"  # "fast" or "lerobot"
+    render: str = "fast"  # "fast" or "lerobot" (LeRobot's render quality, and its camera pose)
+    # Where `corner2` stands: Meta-World's own pose, or LeRobot's (closer, the table fills the view; at 64 px the
+    # objects and goal markers cover several times the pixels). "lerobot" with the fast render keeps images cheap.
+    camera_pose: str = "metaworld"
     success_terminates: bool = True
     # Perturbed views, to test what a policy learnt from one set-up does in another (robustness, augmentation):
     camera_offset: tuple[float, float, float] = (0.0, 0.0, 0.0)  # metres added to every configured camera's position
@@ -112,6 +116,8 @@ class MetaWorldEnv(gym.Env):
             setattr(config, key, value)
         if config.render not in RENDER_SETTINGS:
             raise SimError(f"render must be one of {RENDER_SETTINGS}, got {config.render!r}")
+        if config.camera_pose not in CAMERA_POSES:
+            raise SimError(f"camera_pose must be one of {CAMERA_POSES}, got {config.camera_pose!r}")
         if len(config.camera_offset) != 3 or not 0.0 <= config.light_scale <= 10.0:
             raise SimError(
                 f"camera_offset must be 3 numbers (x, y, z metres) and light_scale in [0, 10], got "
@@ -164,7 +170,7 @@ class MetaWorldEnv(gym.Env):
         model, size = self.sim.model, self.config.image_size
         if self.config.render == "fast":
             model.vis.quality.offsamples = 0
-        else:
+        if "lerobot" in (self.config.render, self.config.camera_pose):
             model.cam_pos[model.camera("corner2").id] = LEROBOT_CORNER2_POS
         for camera in self.cameras:
             model.cam_pos[model.camera(camera).id] += np.asarray(self.config.camera_offset, dtype=np.float64)
