@@ -4,15 +4,16 @@
 
 A synthetic LeRobot dataset (one 96x128 video camera, 6-D state and action, frames cached in RAM) is trained on with
 `smolvla.train` as `smolvla train` would, from the preset with LeRobot's defaults (frozen backbone, trainable expert
-and state projection), fp32 and bf16 autocast. Throughput is the median over the logged steps after one warm-up
-step. Prints a markdown table and writes benchmarks/results/train_<device>.json.
+and state projection): fp32, fp32 with the loss compiled (`--policy.compile_model=true`; tiny only on a CPU, where
+compiling the full model would outlast its three timed steps) and bf16 autocast, one after another in one run.
+Throughput is the median over the logged steps after the warm-up steps (three when compiled: the first compiles).
+Prints a markdown table and writes benchmarks/results/train_<device>.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -26,11 +27,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.report import report
+from smolvla.bench import machine_info
 
 # preset → (batch size, timed steps) per device kind: the full model is ~4 s per sample-step on 2 CPU cores.
 # bf16 on a CPU without BF16 units is ~10x slower than fp32 (docs/benchmarks.md), hence the few full-size steps.
 PLAN = {"cpu": {"tiny": (32, 20), "smolvla_base": (1, 3)}, "cuda": {"tiny": (64, 50), "smolvla_base": (32, 20)}}
-WARMUP = 1
+# (bf16 autocast, torch.compile) per row; compiled rows only for the presets COMPILED names per device
+VARIANTS = ((False, False), (False, True), (True, False))
+COMPILED = {"cpu": {"tiny"}, "cuda": {"tiny", "smolvla_base"}}
 
 
 def write_dataset(root: Path, episodes: int = 4, length: int = 60) -> Path:
@@ -55,25 +59,30 @@ def write_dataset(root: Path, episodes: int = 4, length: int = 60) -> Path:
     return root
 
 
-def measure(dataset: Path, out: Path, preset: str, amp: bool, batch: int, steps: int, device: str) -> dict:
+def measure(
+    dataset: Path, out: Path, preset: str, amp: bool, compiled: bool, batch: int, steps: int, device: str
+) -> dict:
     import json
 
     from smolvla.train.config import TrainConfig
     from smolvla.train.trainer import train
 
-    config = TrainConfig(output_dir=str(out), batch_size=batch, steps=steps + WARMUP, log_freq=1, val_freq=0,
+    warmup = 3 if compiled else 1
+    config = TrainConfig(output_dir=str(out), batch_size=batch, steps=steps + warmup, log_freq=1, val_freq=0,
                          save_checkpoint=False, num_workers=1, progress=False)  # fmt: skip
     config.dataset.root = (str(dataset),)
     config.dataset.cache_frames = True
     config.dataset.val_fraction = 0.0
     config.policy.preset, config.policy.use_amp, config.policy.device = preset, amp, device
+    config.policy.compile_model = compiled
     result = train(config)
     rows = [json.loads(line) for line in result.metrics.read_text().splitlines()]
-    rates = [r["train/samples_per_s"] for r in rows if "train/samples_per_s" in r][WARMUP:]
+    rates = [r["train/samples_per_s"] for r in rows if "train/samples_per_s" in r][warmup:]
     rate = statistics.median(rates)
     return {
         "preset": preset,
         "dtype": "bf16 autocast" if amp else "fp32",
+        "compiled": compiled,
         "batch": batch,
         "samples_per_s": round(rate, 2),
         "step_s": round(batch / rate, 3),
@@ -92,18 +101,17 @@ def main() -> None:
         dataset = write_dataset(Path(tmp) / "ds")
         for preset in args.presets.split(","):
             batch, steps = PLAN[device][preset]
-            for amp in (False, True):
+            for amp, compiled in VARIANTS:
+                if compiled and preset not in COMPILED[device]:
+                    continue
                 start = time.perf_counter()
-                row = measure(dataset, Path(tmp) / f"{preset}-{amp}", preset, amp, batch, steps, device)
+                out = Path(tmp) / f"{preset}-{amp}-{compiled}"
+                row = measure(dataset, out, preset, amp, compiled, batch, steps, device)
                 print(f"{row} ({time.perf_counter() - start:.0f} s)", flush=True)
                 rows.append(row)
-    machine = {
-        "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine(),
-        "threads": args.threads,
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d"),
-    }
-    columns = {"preset": "preset", "dtype": "dtype", "batch": "batch", "samples/s": "samples_per_s", "s/step": "step_s"}
+    machine = {**machine_info(device), "date": time.strftime("%Y-%m-%d")}  # the CPU's BF16 units decide the bf16 rows
+    columns = {"preset": "preset", "dtype": "dtype", "compiled": "compiled", "batch": "batch",
+               "samples/s": "samples_per_s", "s/step": "step_s"}  # fmt: skip
     report(f"train_{device}", machine, rows, columns)
 
 

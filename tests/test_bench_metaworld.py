@@ -3,6 +3,7 @@ resumes where it stopped and redoes nothing; the report has the task and difficu
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +11,8 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # before MuJoCo is first imported
 
 from benchmarks import bench_metaworld, report
 from smolvla.sim.collect import COLLECT_META
+from smolvla.sim.tasks import resolve_tasks
+from smolvla.train.config import TrainConfig
 
 RECIPE = """
 name: toy
@@ -89,3 +92,23 @@ def test_an_interrupted_benchmark_resumes_and_redoes_nothing(tmp_path, monkeypat
 
     bench_metaworld.run(recipe)  # finished: nothing at all is redone
     assert evaluated == ["drawer-close", "button-press"] and json.loads(stages.read_text()) == done
+
+
+SHIPPED = sorted(Path(bench_metaworld.__file__).parent.glob("configs/metaworld*.yaml")) + sorted(
+    Path(bench_metaworld.__file__).parent.glob("configs/metaworld_pilots/*.yaml")
+)
+
+
+def test_every_shipped_recipe_is_runnable_as_written():
+    """The recipe files in benchmarks/configs parse as recipes and as `smolvla train` flags, name known tasks, train at
+    the image size they collect at, and never share a name or output directory (one run's results would overwrite
+    another's)."""
+    assert len(SHIPPED) >= 3
+    recipes = [bench_metaworld.Recipe.load(path) for path in SHIPPED]
+    for path, recipe in zip(SHIPPED, recipes, strict=True):
+        assert resolve_tasks(recipe.tasks), path
+        config = TrainConfig.from_flags([*recipe.train_flags(), "--dataset.root=unused", "--output_dir=unused"])
+        assert config.policy.image_size in (None, recipe.collect.image_size), path
+    for field in ("name", "output_dir"):
+        values = [getattr(r, field) for r in recipes]
+        assert len(set(values)) == len(values), f"two recipes share a {field}: {values}"
