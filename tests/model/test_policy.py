@@ -174,7 +174,10 @@ def _loss_and_grads(policy, batch, full_prefix_autograd: bool, monkeypatch):
     return loss.detach(), grads
 
 
-@pytest.mark.parametrize("overrides", [{}, {"attention_mode": "self_attn"}, {"add_image_special_tokens": True}])
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"attention_mode": "self_attn"}, {"add_image_special_tokens": True}, {"prefix_length": 96}],  # 96: padded
+)
 def test_frozen_backbone_backprops_through_the_state_row_only(tiny, overrides, monkeypatch):
     """With the backbone frozen only the state token's row is recomputed with autograd: the loss is the same to the
     bit as autograd through the whole prefix, every expert gradient too, and state_proj's within float rounding."""
@@ -182,7 +185,9 @@ def test_frozen_backbone_backprops_through_the_state_row_only(tiny, overrides, m
     policy = SmolVLAPolicy(tiny.config.replace(**overrides), tiny.backbone).train()
     batch = make_batch(policy, batch_size=3)
     prefix = policy.prepare_observation(batch)
-    embs, _, flags = policy.model.embed_prefix(prefix)
+    embs, pads, flags = policy.model.embed_prefix(prefix)
+    if policy.config.prefix_length > 0:  # padded past the state token: its row is read from the flags
+        assert embs.shape[1] == policy.config.prefix_length and not pads[0, -1]
     assert policy.model.state_grad_row(embs, flags) == int(flags[0].nonzero())  # the split path is the one taken
     split_loss, split = _loss_and_grads(policy, batch, False, monkeypatch)
     full_loss, full = _loss_and_grads(policy, batch, True, monkeypatch)

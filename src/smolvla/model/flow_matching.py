@@ -141,6 +141,8 @@ class VLAFlowMatching(nn.Module):
             return None
         if any(p.requires_grad for p in self.vlm_with_expert.vlm.parameters()):
             return None
+        if embs.shape[1] > self.config.prefix_length:  # not padded: the state token is the last, known from the shape
+            return embs.shape[1] - 1  # (a Python int: torch.compile keeps the loss one graph, no tensor read)
         return int(flags[0].to(torch.uint8).argmax())
 
     def velocity(self, cache: PrefixCache, x_t: Tensor, time: Tensor) -> Tensor:
