@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/pilot_tower.py --config benchmarks/configs/metaworld_pilots/tower_64px_shuffle1.yaml \
         --patch_size 8 --tower_image_size 64 --scale_factor 1
 
-The 128 px reach pilot beat 64 px (55 vs 20 %) but 128 px costs the tiny tower 4x the patches. These pilots ask
-whether the gain needs those patches, or only the finer pixels (a 16 px patch at 128 px: the 64 px token count) or
-only more tokens per image (no pixel shuffle: 64 tokens from 64 patches). The geometry is not a `smolvla train` flag
+The 128 px reach pilot first beat 64 px (55 vs 20 %) but 128 px costs the tiny tower 4x the patches. These pilots
+ask whether that gain needs those patches, or only the finer pixels (a 16 px patch at 128 px: the 64 px token count)
+or only more tokens per image (no pixel shuffle: 64 tokens from 64 patches). (It needed neither: re-evaluated on 40
+other starts, the 128 px checkpoint scores 7.5 %; docs/benchmarks.md.) The geometry is not a `smolvla train` flag
 (the tiny preset fixes it; checkpoints carry it in `vlm/config.json`), so this script changes the preset in-process
 and records the geometry in the result JSON beside the recipe.
 """
