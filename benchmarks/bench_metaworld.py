@@ -250,8 +250,9 @@ def plot(rows: list[dict], groups: dict[str, float], path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def run(recipe: Recipe, stop_after: str | None = None) -> dict[str, Any] | None:
-    """The whole benchmark, or its stages up to `stop_after`; every finished piece of an earlier run is reused."""
+def run(recipe: Recipe, stop_after: str | None = None, notes: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The whole benchmark, or its stages up to `stop_after`; every finished piece of an earlier run is reused.
+    `notes`: what else shaped the run (a pilot's changed preset), recorded beside the recipe in the result JSON."""
     from smolvla.sim.tasks import resolve_tasks
 
     out = Path(recipe.output_dir)
@@ -273,6 +274,7 @@ def run(recipe: Recipe, stop_after: str | None = None) -> dict[str, Any] | None:
         "wall_s": {stage: log.data.get(stage, {}).get("seconds", 0.0) for stage in STAGES},
         "groups": groups,
         "chart": str(plot(rows, groups, out / "success.png")),
+        **(notes or {}),
     }
     columns = {"task": "task", "difficulty": "difficulty", "success %": "success", "mean length": "mean_length",
                "SmolVLA-0.45B %": "published", "failure video": "video"}  # fmt: skip

@@ -14,14 +14,11 @@ and records the geometry in the result JSON beside the recipe.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import bench_metaworld
-from benchmarks.report import RESULTS
-from smolvla.atomic import atomic_write_text
 from smolvla.model.backbone import BACKBONE_PRESETS, TINY_BACKBONE
 
 
@@ -39,12 +36,8 @@ def main() -> None:
     backbone = BACKBONE_PRESETS[TINY_BACKBONE][0]
     backbone["vision_config"].update(patch_size=args.patch_size, image_size=args.tower_image_size)
     backbone["scale_factor"] = args.scale_factor
-    recipe = bench_metaworld.Recipe.load(args.config)
-    bench_metaworld.run(recipe)
-    result = RESULTS / f"metaworld_{recipe.name}.json"
-    data = json.loads(result.read_text())
-    data["machine"]["tower"] = {k: getattr(args, k) for k in ("patch_size", "tower_image_size", "scale_factor")}
-    atomic_write_text(result, json.dumps(data, indent=2) + "\n")
+    tower = {k: getattr(args, k) for k in ("patch_size", "tower_image_size", "scale_factor")}
+    bench_metaworld.run(bench_metaworld.Recipe.load(args.config), notes={"tower": tower})
 
 
 if __name__ == "__main__":

@@ -94,9 +94,8 @@ def test_an_interrupted_benchmark_resumes_and_redoes_nothing(tmp_path, monkeypat
     assert evaluated == ["drawer-close", "button-press"] and json.loads(stages.read_text()) == done
 
 
-SHIPPED = sorted(Path(bench_metaworld.__file__).parent.glob("configs/metaworld*.yaml")) + sorted(
-    Path(bench_metaworld.__file__).parent.glob("configs/metaworld_pilots/*.yaml")
-)
+CONFIGS = Path(bench_metaworld.__file__).parent / "configs"
+SHIPPED = sorted(CONFIGS.glob("metaworld*.yaml")) + sorted(CONFIGS.glob("metaworld_pilots/*.yaml"))
 
 
 def test_every_shipped_recipe_is_runnable_as_written():
