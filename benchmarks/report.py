@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from smolvla.atomic import atomic_write_text
+
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -17,6 +19,6 @@ def report(name: str, machine: dict[str, Any], rows: list[dict[str, Any]], colum
         print("| " + " | ".join(str(row[key]) for key in columns.values()) + " |")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{name}.json"
-    out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+    atomic_write_text(out, json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
     print(f"\nwrote {out}")
     return out

@@ -1,15 +1,23 @@
 """The benchmark-scale Meta-World driver on a two-task toy: interrupted between stages and inside the evaluation, it
 resumes where it stopped and redoes nothing; the report has the task and difficulty rows and a failure video."""
 
+import copy
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # before MuJoCo is first imported
 
-from benchmarks import bench_metaworld, report
+from benchmarks import bench_metaworld, pilot_backbone, report
+from smolvla.bench import make_batch
+from smolvla.errors import ConfigError
+from smolvla.keys import STATE_KEY
+from smolvla.model.backbone import BACKBONE_PRESETS, TINY_BACKBONE
+from smolvla.policy import SmolVLAPolicy
 from smolvla.sim.collect import COLLECT_META
 from smolvla.sim.tasks import resolve_tasks
 from smolvla.train.config import TrainConfig
@@ -111,3 +119,24 @@ def test_every_shipped_recipe_is_runnable_as_written():
     for field in ("name", "output_dir"):
         values = [getattr(r, field) for r in recipes]
         assert len(set(values)) == len(values), f"two recipes share a {field}: {values}"
+
+
+def test_backbone_pilots_reshape_existing_fields_into_a_model_that_runs(monkeypatch):
+    """Each backbone pilot's command (in its recipe's header comment) changes only fields the tiny backbone has, and the
+    reshaped backbone builds a policy whose loss runs; a misspelt or malformed `--set` is one clear error."""
+    pilots = [path for path in SHIPPED if "pilot_backbone.py" in path.read_text()]
+    assert len(pilots) >= 3
+    for path in pilots:
+        config, ids = copy.deepcopy(BACKBONE_PRESETS[TINY_BACKBONE])
+        assignments = re.findall(r"--set (\S+)", path.read_text())
+        applied = pilot_backbone.reshape(config, assignments)
+        assert len(applied) == len(assignments) >= 1, path
+        monkeypatch.setitem(BACKBONE_PRESETS, TINY_BACKBONE, (config, ids))
+        side = bench_metaworld.Recipe.load(path).collect.image_size
+        camera = {"type": "VISUAL", "shape": [3, side, side]}
+        features = {STATE_KEY: {"type": "STATE", "shape": [4]}, "observation.images.corner2": camera}
+        policy = SmolVLAPolicy.from_preset("tiny", input_features=features, resize_imgs_with_padding=[side, side])
+        assert torch.isfinite(policy(make_batch(policy, 2, 8, "cpu"))), path
+    for bad in ("vision_config.patch_sise=16", "scale_factor", "nothing.here=1"):
+        with pytest.raises(ConfigError, match="--set expects PATH=VALUE"):
+            pilot_backbone.reshape(copy.deepcopy(BACKBONE_PRESETS[TINY_BACKBONE][0]), [bad])
