@@ -125,7 +125,7 @@ def test_backbone_pilots_reshape_existing_fields_into_a_model_that_runs(monkeypa
     """Each backbone pilot's command (in its recipe's header comment) changes only fields the tiny backbone has, and the
     reshaped backbone builds a policy whose loss runs; a misspelt or malformed `--set` is one clear error."""
     pilots = [path for path in SHIPPED if "pilot_backbone.py" in path.read_text()]
-    assert len(pilots) >= 3
+    assert len(pilots) >= 4
     for path in pilots:
         config, ids = copy.deepcopy(BACKBONE_PRESETS[TINY_BACKBONE])
         assignments = re.findall(r"--set (\S+)", path.read_text())
