@@ -34,9 +34,15 @@ def reshape(config: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
         node = config
         for key in parents:
             node = node.get(key) if isinstance(node, dict) else None
-        if not sep or not isinstance(node, dict) or leaf not in node:
-            raise ConfigError(f"--set expects PATH=VALUE with PATH an existing backbone field, got {assignment!r}")
-        node[leaf] = applied[path] = json.loads(raw)
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = None
+        if not sep or not isinstance(node, dict) or leaf not in node or value is None:
+            raise ConfigError(
+                f"--set expects PATH=VALUE, PATH an existing backbone field, VALUE JSON; got {assignment!r}"
+            )
+        node[leaf] = applied[path] = value
     return applied
 
 
@@ -49,7 +55,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    backbone = reshape(BACKBONE_PRESETS[TINY_BACKBONE][0], args.set)
+    try:
+        backbone = reshape(BACKBONE_PRESETS[TINY_BACKBONE][0], args.set)
+    except ConfigError as error:
+        sys.exit(f"pilot_backbone: {error}")
     bench_metaworld.run(bench_metaworld.Recipe.load(args.config), notes={"backbone": backbone})
 
 

@@ -137,6 +137,6 @@ def test_backbone_pilots_reshape_existing_fields_into_a_model_that_runs(monkeypa
         features = {STATE_KEY: {"type": "STATE", "shape": [4]}, "observation.images.corner2": camera}
         policy = SmolVLAPolicy.from_preset("tiny", input_features=features, resize_imgs_with_padding=[side, side])
         assert torch.isfinite(policy(make_batch(policy, 2, 8, "cpu"))), path
-    for bad in ("vision_config.patch_sise=16", "scale_factor", "nothing.here=1"):
+    for bad in ("vision_config.patch_sise=16", "scale_factor", "nothing.here=1", "scale_factor=two"):
         with pytest.raises(ConfigError, match="--set expects PATH=VALUE"):
             pilot_backbone.reshape(copy.deepcopy(BACKBONE_PRESETS[TINY_BACKBONE][0]), [bad])
