@@ -4,8 +4,8 @@ interruption at every stage and per task, reported by task and difficulty group 
     .venv/bin/python benchmarks/bench_metaworld.py [--config benchmarks/configs/metaworld_mt10.yaml]
         [--output_dir DIR] [--stop_after collect|train|eval]
 
-The recipe (tasks, demonstrations per task, image size and cameras, the `smolvla train` settings, evaluation) is a
-config file, so what produced a number is kept beside it. Stages:
+The recipe (tasks, demonstrations per task, image size and cameras, the `smolvla train` settings, each task's share
+of the training samples, evaluation) is a config file, so what produced a number is kept beside it. Stages:
 
 1. collect: one scripted-expert dataset per task (`smolvla collect`), `<out>/data/<task>`; a task whose dataset was
    collected with these settings is kept, an interrupted one resumes inside `collect`;
@@ -35,9 +35,10 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.report import report
-from smolvla.atomic import atomic_write_text
+from smolvla.atomic import atomic_write_text, save_figure
 from smolvla.errors import ConfigError
 from smolvla.flags import apply_mapping, load_config_file
+from smolvla.sim.tasks import DIFFICULTIES, DIFFICULTY, resolve_tasks
 
 CONFIG = Path(__file__).parent / "configs" / "metaworld_mt10.yaml"
 STAGES = ("collect", "train", "eval")
@@ -69,21 +70,39 @@ class Recipe:
     output_dir: str = "outputs/metaworld-mt10"
     collect: CollectRecipe = field(default_factory=CollectRecipe)
     train: dict[str, Any] = field(default_factory=dict)  # `smolvla train` settings (nested: policy: {chunk_size: 10})
+    # Share of the training samples per task, relative to the others (a task not named: 1). Empty: each task in
+    # proportion to its frames, which starves the goal-conditioned tasks, whose demonstrations are the shortest.
+    task_weights: dict[str, float] = field(default_factory=dict)
     eval: EvalRecipe = field(default_factory=EvalRecipe)
 
     @classmethod
     def load(cls, path: str | Path) -> Recipe:
         raw = load_config_file(str(path))
         train = raw.pop("train", {})  # checked by `smolvla train`'s own flag parser, as flags
+        weights = raw.pop("task_weights", {})
         if not isinstance(train, dict):
             raise ConfigError(f"{path}: train must be a mapping of `smolvla train` settings, got {train!r}")
         recipe = apply_mapping(cls(), raw)
-        recipe.train = train
+        recipe.train, recipe.task_weights = train, weights
+        tasks = resolve_tasks(recipe.tasks)
+        valid = isinstance(weights, dict) and all(
+            task in tasks and isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0
+            for task, w in weights.items()
+        )
+        if not valid or "weights" in train.get("dataset", {}):
+            raise ConfigError(
+                f"{path}: task_weights must map tasks of the recipe ({', '.join(tasks)}) to numbers >= 0, and "
+                f"replaces train.dataset.weights; got {weights!r}"
+            )
         return recipe
 
     def train_flags(self) -> list[str]:
-        """The train settings as `smolvla train` flags."""
-        return [f"--{key}={value}" for key, value in _flatten(self.train).items()]
+        """The train settings as `smolvla train` flags (the sampling weights follow the task order of `tasks`)."""
+        flags = [f"--{key}={value}" for key, value in _flatten(self.train).items()]
+        if self.task_weights:
+            weights = [self.task_weights.get(task, 1) for task in resolve_tasks(self.tasks)]
+            flags.append(f"--dataset.weights={','.join(f'{w:g}' for w in weights)}")
+        return flags
 
 
 def _flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -209,8 +228,6 @@ def failure_video(policy: Path, config, summary: dict, directory: Path) -> str |
 
 def table(results: dict[str, dict]) -> tuple[list[dict], dict[str, float]]:
     """Rows per task, then per difficulty group and overall (task-averaged, as the SmolVLA paper reports MT50)."""
-    from smolvla.sim.tasks import DIFFICULTIES, DIFFICULTY
-
     rows = []
     for task, summary in results.items():
         stats = summary["per_task"][task]
@@ -234,9 +251,6 @@ def plot(rows: list[dict], groups: dict[str, float], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from smolvla.atomic import save_figure
-    from smolvla.sim.tasks import DIFFICULTIES
-
     tasks = [r for r in rows if not r["task"].startswith("**")]
     fig, ax = plt.subplots(figsize=(7, 0.25 * len(tasks) + 1.5))
     colors = {level: f"C{i}" for i, level in enumerate(DIFFICULTIES)}
@@ -253,8 +267,6 @@ def plot(rows: list[dict], groups: dict[str, float], path: Path) -> Path:
 def run(recipe: Recipe, stop_after: str | None = None, notes: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The whole benchmark, or its stages up to `stop_after`; every finished piece of an earlier run is reused.
     `notes`: what else shaped the run (a pilot's changed preset), recorded beside the recipe in the result JSON."""
-    from smolvla.sim.tasks import resolve_tasks
-
     out = Path(recipe.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "recipe.json", json.dumps(dataclasses.asdict(recipe), indent=2) + "\n")

@@ -7,18 +7,20 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # before MuJoCo is first imported
 
-from benchmarks import bench_metaworld, pilot_backbone, report
+from benchmarks import bench_metaworld, pilot_backbone, pilot_oracle, report
 from smolvla.bench import make_batch
 from smolvla.errors import ConfigError
 from smolvla.keys import STATE_KEY
 from smolvla.model.backbone import BACKBONE_PRESETS, TINY_BACKBONE
 from smolvla.policy import SmolVLAPolicy
 from smolvla.sim.collect import COLLECT_META
+from smolvla.sim.metaworld_env import MetaWorldConfig, MetaWorldEnv
 from smolvla.sim.tasks import resolve_tasks
 from smolvla.train.config import TrainConfig
 
@@ -114,11 +116,32 @@ def test_every_shipped_recipe_is_runnable_as_written():
     recipes = [bench_metaworld.Recipe.load(path) for path in SHIPPED]
     for path, recipe in zip(SHIPPED, recipes, strict=True):
         assert resolve_tasks(recipe.tasks), path
-        config = TrainConfig.from_flags([*recipe.train_flags(), "--dataset.root=unused", "--output_dir=unused"])
+        roots = ",".join(resolve_tasks(recipe.tasks))  # one dataset per task, as the driver trains on
+        config = TrainConfig.from_flags([*recipe.train_flags(), f"--dataset.root={roots}", "--output_dir=unused"])
         assert config.policy.image_size in (None, recipe.collect.image_size), path
     for field in ("name", "output_dir"):
         values = [getattr(r, field) for r in recipes]
         assert len(set(values)) == len(values), f"two recipes share a {field}: {values}"
+
+
+def test_task_weights_become_sampling_weights_in_task_order(tmp_path):
+    """`task_weights` turns into `--dataset.weights` in the order the driver passes the task datasets (unnamed tasks
+    1); a task outside the recipe, a negative or non-numeric weight, or weights given twice is one clear error."""
+    path = tmp_path / "recipe.yaml"
+    path.write_text(RECIPE + "task_weights: {button-press: 3}\n")
+    recipe = bench_metaworld.Recipe.load(path)
+    assert resolve_tasks(recipe.tasks) == ["drawer-close", "button-press"]
+    assert recipe.train_flags()[-1] == "--dataset.weights=1,3"
+    config = TrainConfig.from_flags([*recipe.train_flags(), "--dataset.root=a,b", "--output_dir=unused"])
+    assert config.dataset.weights == (1.0, 3.0)
+    twice = RECIPE.replace("  val_freq: 0\n", "  val_freq: 0\n  dataset: {weights: [1, 3]}\n")
+    bad = [RECIPE + "task_weights: {reach: 3}", RECIPE + "task_weights: {button-press: -1}",
+           RECIPE + "task_weights: {button-press: many}", RECIPE + "task_weights: [3, 1]",
+           twice + "task_weights: {button-press: 3}"]  # fmt: skip
+    for text in bad:
+        path.write_text(text + "\n")
+        with pytest.raises(ConfigError, match="task_weights must map tasks of the recipe"):
+            bench_metaworld.Recipe.load(path)
 
 
 def test_backbone_pilots_reshape_existing_fields_into_a_model_that_runs(monkeypatch):
@@ -140,3 +163,26 @@ def test_backbone_pilots_reshape_existing_fields_into_a_model_that_runs(monkeypa
     for bad in ("vision_config.patch_sise=16", "scale_factor", "nothing.here=1", "scale_factor=two"):
         with pytest.raises(ConfigError, match="--set expects PATH=VALUE"):
             pilot_backbone.reshape(copy.deepcopy(BACKBONE_PRESETS[TINY_BACKBONE][0]), [bad])
+
+
+def test_the_oracle_pilot_tells_the_policy_the_goal_and_records_it(monkeypatch):
+    """pilot_oracle appends the goal's xyz to `agent_pos` (and so to the recorded `observation.state`), leaving the
+    rest of the observation alone; its recipe collects and evaluates in-process, where the change holds."""
+    for name in ("_observation", "dataset_features"):  # restored after the test: tell_goal patches the class
+        monkeypatch.setattr(MetaWorldEnv, name, getattr(MetaWorldEnv, name))
+    plain = MetaWorldEnv(MetaWorldConfig(task="reach", cameras=()))
+    before, _ = plain.reset(seed=3)
+    pilot_oracle.tell_goal()
+    told = MetaWorldEnv(MetaWorldConfig(task="reach", cameras=()))
+    after, _ = told.reset(seed=3)
+    goal = told.sim._target_pos
+    assert after["agent_pos"].shape == (7,) and after["agent_pos"].dtype == np.float32
+    np.testing.assert_allclose(after["agent_pos"], np.concatenate([before["agent_pos"], goal]), atol=1e-6)
+    np.testing.assert_array_equal(after["environment_state"], before["environment_state"])
+    state = told.dataset_features()["observation.state"]
+    assert state["shape"] == [7] and state["names"][4:] == pilot_oracle.GOAL_NAMES
+    plain.close(), told.close()
+    recipes = [path for path in SHIPPED if "pilot_oracle.py" in path.read_text()]
+    assert recipes and all(
+        (r.collect.num_workers, r.eval.num_workers) == (1, 1) for r in map(bench_metaworld.Recipe.load, recipes)
+    )
