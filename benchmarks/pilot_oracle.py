@@ -21,7 +21,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import bench_metaworld
-from smolvla.errors import ConfigError
 from smolvla.sim import metaworld_env
 from smolvla.sim.metaworld_env import STATE_NAMES, MetaWorldEnv
 
@@ -58,7 +57,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     recipe = bench_metaworld.Recipe.load(args.config)
     if recipe.collect.num_workers != 1 or recipe.eval.num_workers != 1:
-        sys.exit(f"pilot_oracle: {ConfigError('the recipe must set collect.num_workers and eval.num_workers to 1')}")
+        sys.exit(f"pilot_oracle: {args.config} must set collect.num_workers and eval.num_workers to 1 (in-process)")
     tell_goal()
     bench_metaworld.run(recipe, notes={"state": STATE_NAMES + GOAL_NAMES})
 
