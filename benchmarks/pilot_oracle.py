@@ -21,7 +21,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import bench_metaworld
-from smolvla.sim import metaworld_env
 from smolvla.sim.metaworld_env import STATE_NAMES, MetaWorldEnv
 
 GOAL = slice(36, 39)  # Meta-World's goal xyz in its 39-D observation (goal-observable mode, which smolvla uses)
@@ -43,8 +42,8 @@ def tell_goal() -> None:
         out["observation.state"] = {"dtype": "float32", "shape": [7], "names": STATE_NAMES + GOAL_NAMES}
         return out
 
-    metaworld_env.MetaWorldEnv._observation = _observation
-    metaworld_env.MetaWorldEnv.dataset_features = dataset_features
+    MetaWorldEnv._observation = _observation
+    MetaWorldEnv.dataset_features = dataset_features
 
 
 def main() -> None:

@@ -181,7 +181,8 @@ def test_the_oracle_pilot_tells_the_policy_the_goal_and_records_it(monkeypatch):
     np.testing.assert_array_equal(after["environment_state"], before["environment_state"])
     state = told.dataset_features()["observation.state"]
     assert state["shape"] == [7] and state["names"][4:] == pilot_oracle.GOAL_NAMES
-    plain.close(), told.close()
+    plain.close()
+    told.close()
     recipes = [path for path in SHIPPED if "pilot_oracle.py" in path.read_text()]
     assert recipes and all(
         (r.collect.num_workers, r.eval.num_workers) == (1, 1) for r in map(bench_metaworld.Recipe.load, recipes)
