@@ -13,7 +13,7 @@ import torch
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # before MuJoCo is first imported
 
-from benchmarks import bench_metaworld, pilot_backbone, pilot_oracle, report
+from benchmarks import bench_metaworld, pilot_aux_goal, pilot_backbone, pilot_oracle, report
 from smolvla.bench import make_batch
 from smolvla.errors import ConfigError
 from smolvla.keys import STATE_KEY
@@ -23,6 +23,7 @@ from smolvla.sim.collect import COLLECT_META
 from smolvla.sim.metaworld_env import MetaWorldConfig, MetaWorldEnv
 from smolvla.sim.tasks import resolve_tasks
 from smolvla.train.config import TrainConfig
+from smolvla.train.optim import make_optimizer
 
 RECIPE = """
 name: toy
@@ -187,3 +188,40 @@ def test_the_oracle_pilot_tells_the_policy_the_goal_and_records_it(monkeypatch):
     assert recipes and all(
         (r.collect.num_workers, r.eval.num_workers) == (1, 1) for r in map(bench_metaworld.Recipe.load, recipes)
     )
+
+
+def test_the_aux_goal_pilot_adds_a_training_only_goal_loss_and_leaves_the_checkpoint_alone():
+    """pilot_aux_goal adds, per training sample, the head's squared error on the normalized goal and object xyz to the
+    flow-matching loss; evaluation-mode losses (validation) and the policy's weights are exactly as without it."""
+    camera = {"type": "VISUAL", "shape": [3, 64, 64]}
+    features = {STATE_KEY: {"type": "STATE", "shape": [4]}, **{f"observation.images.{c}": camera for c in "ab"}}
+    policy = SmolVLAPolicy.from_preset("tiny", input_features=features, resize_imgs_with_padding=[64, 64])
+    batch = make_batch(policy, 3, 8, "cpu")
+    noise, time = policy.sample_noise_and_time(3, torch.Generator().manual_seed(1))
+    plain = policy.train().compute_loss(batch, noise=noise, time=time, reduction="none")
+    keys = set(policy.state_dict())
+
+    hooks = pilot_aux_goal.AuxGoalHooks(["goal", "object"], weight=0.5)
+    hooks.mean, hooks.std = torch.zeros(6), torch.full((6,), 2.0)
+    hooks.attach(policy, None)
+    state = torch.randn(3, 39)
+    hooks.targets({pilot_aux_goal.ENV_STATE: state}, batch, noise, time, 0)
+    told = policy.compute_loss(batch, noise=noise, time=time, reduction="none")
+
+    with torch.no_grad():
+        images = torch.cat(policy.prepare_observation(batch).images)
+        tokens = policy.model.vlm_with_expert.embed_images(images).unflatten(0, (2, 3)).transpose(0, 1).flatten(1)
+        target = torch.cat([state[:, 36:39], state[:, 4:7]], dim=1) / 2.0
+        expected = 0.5 * (hooks.head(tokens) - target).pow(2).mean(-1)
+    torch.testing.assert_close(told.detach() - plain.detach(), expected, atol=1e-5, rtol=1e-4)
+    told.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in hooks.head.parameters())
+    hooks.targets({pilot_aux_goal.ENV_STATE: state}, batch, noise, time, 1)
+    evaluated = policy.eval().compute_loss(batch, noise=noise, time=time, reduction="none")
+    torch.testing.assert_close(evaluated, plain.detach(), atol=1e-6, rtol=1e-5)
+    assert set(policy.state_dict()) == keys
+    optimizer = hooks.extend_optimizer(make_optimizer)(policy)
+    assert [len(g["params"]) for g in optimizer.param_groups][1:] == [len(list(hooks.head.parameters()))]
+    recipes = [path for path in SHIPPED if "pilot_aux_goal.py" in path.read_text()]
+    assert len(recipes) >= 3
+    assert not any(bench_metaworld.Recipe.load(r).train["policy"].get("compile_model") for r in recipes)
