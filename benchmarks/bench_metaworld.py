@@ -132,17 +132,22 @@ class StageLog:
         atomic_write_text(self.path, json.dumps(self.data, indent=2) + "\n")
 
 
+def env_config(recipe: Recipe, task: str):
+    """The simulator set-up of one task as the recipe collects it (cameras, image size, camera pose)."""
+    from smolvla.sim.metaworld_env import MetaWorldConfig
+
+    return MetaWorldConfig(task=task, cameras=tuple(recipe.collect.cameras), image_size=recipe.collect.image_size,
+                           camera_pose=recipe.collect.camera_pose)  # fmt: skip
+
+
 def collect_stage(recipe: Recipe, tasks: list[str], out: Path, log: StageLog) -> list[str]:
     from smolvla.sim.collect import CollectConfig, collect, collected_with
-    from smolvla.sim.metaworld_env import MetaWorldConfig
 
     roots = []
     for task in tasks:
         root = out / "data" / task
-        env = MetaWorldConfig(task=task, cameras=tuple(recipe.collect.cameras), image_size=recipe.collect.image_size,
-                              camera_pose=recipe.collect.camera_pose)  # fmt: skip
-        config = CollectConfig(env=env, episodes_per_task=recipe.collect.episodes_per_task, output_dir=str(root),
-                               num_workers=recipe.collect.num_workers)  # fmt: skip
+        config = CollectConfig(env=env_config(recipe, task), episodes_per_task=recipe.collect.episodes_per_task,
+                               output_dir=str(root), num_workers=recipe.collect.num_workers)  # fmt: skip
         roots.append(str(root))
         if collected_with(root, config):
             continue
@@ -266,7 +271,8 @@ def plot(rows: list[dict], groups: dict[str, float], path: Path) -> Path:
 
 def run(recipe: Recipe, stop_after: str | None = None, notes: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The whole benchmark, or its stages up to `stop_after`; every finished piece of an earlier run is reused.
-    `notes`: what else shaped the run (a pilot's changed preset), recorded beside the recipe in the result JSON."""
+    `notes`: what else shaped the run (a pilot's changed preset), recorded beside the recipe in the result JSON.
+    Stopped after training, it returns the trained policy's directory (`{"policy": path}`)."""
     out = Path(recipe.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "recipe.json", json.dumps(dataclasses.asdict(recipe), indent=2) + "\n")
@@ -276,7 +282,7 @@ def run(recipe: Recipe, stop_after: str | None = None, notes: dict[str, Any] | N
         return None
     policy = train_stage(recipe, roots, out, log)
     if stop_after == "train":
-        return None
+        return {"policy": policy}
     results = eval_stage(recipe, policy, tasks, out, log)
     rows, groups = table(results)
     machine = {

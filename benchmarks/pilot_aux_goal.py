@@ -25,18 +25,18 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import bench_metaworld
+from benchmarks.pilot_oracle import GOAL
 from smolvla.errors import ConfigError
 from smolvla.eval.agent import SmolVLAAgent
-from smolvla.sim.metaworld_env import MetaWorldConfig, MetaWorldEnv
+from smolvla.sim.metaworld_env import MetaWorldEnv
 from smolvla.sim.rollout import episode_seed
 from smolvla.sim.tasks import resolve_tasks
 from smolvla.train import trainer
-from smolvla.train.checkpoint import checkpoints_dir
 from smolvla.train.hooks import TrainHooks
 
 ENV_STATE = "observation.environment_state"
 # Where Meta-World's 39-D observation keeps them (goal-observable mode, which smolvla uses).
-TARGETS = {"goal": slice(36, 39), "object": slice(4, 7)}
+TARGETS = {"goal": GOAL, "object": slice(4, 7)}
 HEAD = "aux_head.pt"
 PRINT_EVERY = 250  # micro-batches
 
@@ -146,17 +146,13 @@ def goal_error(policy_dir: Path, head_file: Path, hooks: AuxGoalHooks, recipe, s
     mean, std = saved["mean"][at : at + 3], saved["std"][at : at + 3]
     errors: dict[str, dict] = {}
     for task in resolve_tasks(recipe.tasks):
-        env = MetaWorldEnv(MetaWorldConfig(task=task, cameras=tuple(recipe.collect.cameras),
-                                           image_size=recipe.collect.image_size,
-                                           camera_pose=recipe.collect.camera_pose))  # fmt: skip
+        env = MetaWorldEnv(bench_metaworld.env_config(recipe, task))
         head, blind = [], []
         for start in range(starts):
             observation, _ = env.reset(seed=episode_seed(recipe.eval.seed, task, start))  # the evaluation's
-            batch = agent.preprocessor(agent.rename(agent.to_float(agent._batch({**observation, "task": task}))))
-            features = agent.policy.model.vlm_with_expert.embed_images(
-                torch.cat(agent.policy.prepare_observation(batch).images)
-            )
-            goal = torch.as_tensor(observation["environment_state"][TARGETS["goal"]], dtype=torch.float32)
+            prefix = agent.policy.prepare_observation(agent.prepare({**observation, "task": task}))
+            features = agent.policy.model.vlm_with_expert.embed_images(torch.cat(prefix.images))
+            goal = torch.as_tensor(observation["environment_state"][GOAL], dtype=torch.float32)
             head.append(hooks.head(hooks.tokens(features, len(agent.cameras)))[0, at : at + 3] * std + mean - goal)
             blind.append(mean - goal)
         env.close()
@@ -187,12 +183,10 @@ def main() -> None:
     trainer.make_optimizer = hooks.extend_optimizer(trainer.make_optimizer)
     trainer.train = hooks.train_and_keep_head(trainer.train)
     try:
-        bench_metaworld.run(recipe, stop_after="train")
+        policy = bench_metaworld.run(recipe, stop_after="train")["policy"]
     except ConfigError as error:
         sys.exit(f"pilot_aux_goal: {error}")
-    run = Path(recipe.output_dir) / "train"
-    policy = checkpoints_dir(run) / f"{int(recipe.train['steps']):06d}" / "pretrained_model"
-    errors = goal_error(policy, run / HEAD, hooks, recipe, args.starts)
+    errors = goal_error(policy, Path(recipe.output_dir) / "train" / HEAD, hooks, recipe, args.starts)
     bench_metaworld.run(recipe, notes={"aux_targets": targets, "aux_weight": args.weight, "goal_error": errors})
 
 

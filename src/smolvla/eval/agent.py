@@ -74,9 +74,12 @@ class SmolVLAAgent:
     def select_action(self, observation: dict[str, Any]) -> np.ndarray:
         # Observations are only read when a new chunk is due: the other calls dequeue, so skip their preprocessing.
         self.new_chunk = self.policy.will_predict
-        batch = self.preprocessor(self.rename(self.to_float(self._batch(observation)))) if self.new_chunk else {}
-        action = self.policy.select_action(batch)
+        action = self.policy.select_action(self.prepare(observation) if self.new_chunk else {})
         return self.postprocessor({"action": action})["action"][0].numpy()
+
+    def prepare(self, observation: dict[str, Any]) -> dict[str, Any]:
+        """The env's observation as the policy's input batch: renamed, images to float, through the preprocessor."""
+        return self.preprocessor(self.rename(self.to_float(self._batch(observation))))
 
     def _batch(self, observation: dict[str, Any]) -> dict[str, Any]:
         """The env's observation under its own keys (renamed next), frames still raw uint8."""
