@@ -13,8 +13,9 @@ of the training samples, evaluation) is a config file, so what produced a number
 3. eval: `smolvla eval` per task on unseen starts, `<out>/eval/<task>/eval_info.json`; a finished task is kept; for a
    task that failed an episode, that episode is rolled out again and recorded (`<out>/videos/`).
 
-Each run adds its wall time per stage to `<out>/stages.json`, an interrupted stage's included. The report prints
-the table by task and difficulty group, writes `benchmarks/results/metaworld_<name>.json` and `<out>/success.png`.
+Each run adds its wall time per stage to `<out>/stages.json`, an interrupted stage's included (Ctrl-C or `kill`).
+The report prints the table by task and difficulty group, writes `benchmarks/results/metaworld_<name>.json` and
+`<out>/success.png`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import dataclasses
 import json
 import os
 import platform
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -302,6 +304,16 @@ def run(recipe: Recipe, stop_after: str | None = None, notes: dict[str, Any] | N
     return {"rows": rows, "groups": groups, "wall_s": machine["wall_s"]}
 
 
+def exit_on_sigterm() -> None:
+    """Make `kill` (SIGTERM) unwind the run as Ctrl-C does: Python's default dies on the spot, skipping the `finally`
+    that adds an interrupted stage's wall time to stages.json, so a long run stopped that way under-reports it."""
+
+    def terminated(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminated)
+
+
 def main() -> None:
     import torch
 
@@ -312,6 +324,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    exit_on_sigterm()
     recipe = Recipe.load(args.config)
     if args.output_dir:
         recipe.output_dir = args.output_dir

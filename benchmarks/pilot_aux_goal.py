@@ -173,6 +173,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    bench_metaworld.exit_on_sigterm()
     targets = args.targets.split(",")
     if "goal" not in targets or any(t not in TARGETS for t in targets) or not args.weight > 0:
         sys.exit(f"pilot_aux_goal: --targets must include goal and name only {sorted(TARGETS)}; --weight must be > 0")

@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    bench_metaworld.exit_on_sigterm()
     try:
         backbone = reshape(BACKBONE_PRESETS[TINY_BACKBONE][0], args.set)
     except ConfigError as error:

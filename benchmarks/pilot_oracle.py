@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    bench_metaworld.exit_on_sigterm()
     recipe = bench_metaworld.Recipe.load(args.config)
     if recipe.collect.num_workers != 1 or recipe.eval.num_workers != 1:
         sys.exit(f"pilot_oracle: {args.config} must set collect.num_workers and eval.num_workers to 1 (in-process)")

@@ -5,6 +5,8 @@ import copy
 import json
 import os
 import re
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +105,31 @@ def test_an_interrupted_benchmark_resumes_and_redoes_nothing(tmp_path, monkeypat
 
     bench_metaworld.run(recipe)  # finished: nothing at all is redone
     assert evaluated == ["drawer-close", "button-press"] and json.loads(stages.read_text()) == done
+
+
+def test_a_run_stopped_by_kill_still_logs_the_interrupted_stage(tmp_path, monkeypatch):
+    """SIGTERM (`kill`) unwinds like Ctrl-C once the driver's handler is installed: the stage's wall time reaches
+    stages.json. Python's default handler would end the process inside the stage and log nothing."""
+    (tmp_path / "recipe.yaml").write_text(RECIPE)
+    recipe = bench_metaworld.Recipe.load(tmp_path / "recipe.yaml")
+    import smolvla.train.trainer as trainer_module
+
+    def killed(config):
+        assert callable(signal.getsignal(signal.SIGTERM)), "SIGTERM still has Python's default: it would end pytest"
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)  # the signal arrives before this ends: a handler that does not raise fails the test
+
+    monkeypatch.setattr(trainer_module, "train", killed)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        bench_metaworld.exit_on_sigterm()
+        started = time.perf_counter()
+        with pytest.raises(SystemExit) as exited:
+            bench_metaworld.train_stage(recipe, ["unused"], tmp_path, bench_metaworld.StageLog(tmp_path))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert exited.value.code == 128 + signal.SIGTERM and time.perf_counter() - started < 30
+    assert json.loads((tmp_path / "stages.json").read_text())["train"]["seconds"] >= 0
 
 
 CONFIGS = Path(bench_metaworld.__file__).parent / "configs"
