@@ -110,6 +110,19 @@ def test_checkpoint_agent_runs_closed_loop(checkpoint, tmp_path):
     assert len(episodes[0].chunk_ms) == 3
 
 
+def test_actions_per_chunk_are_an_eval_override(checkpoint, tmp_path):
+    """`--policy.n_action_steps` re-plans more often without retraining; past the chunk it is refused by name."""
+    env = MetaWorldConfig(task="reach", cameras=("corner2",), image_size=32, max_steps=12)
+    agent = AgentFactory(str(checkpoint), n_action_steps=2)()
+    _, episodes = run_evaluation(agent, env, ["reach"], n_episodes=1)
+    assert agent.policy.config.n_action_steps == 2 and len(episodes[0].chunk_ms) == 6  # a chunk every 2 of 12 steps
+    config = EvalConfig(output_dir=str(tmp_path / "eval"))
+    config.policy.path, config.policy.n_action_steps = str(checkpoint), 6
+    with pytest.raises(ConfigError, match=r"--policy.n_action_steps=6: expected 1 to .*chunk_size \(5\)"):
+        evaluate(config, progress=False)
+    assert not (tmp_path / "eval").exists()  # refused before anything ran or was written
+
+
 def test_checkpoint_agent_is_deterministic_per_seed(checkpoint):
     agent = SmolVLAAgent.from_pretrained(checkpoint)
     obs = {"agent_pos": np.zeros(4, np.float32), "pixels": {"corner2": np.zeros((32, 32, 3), np.uint8)}, "task": "go"}

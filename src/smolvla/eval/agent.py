@@ -50,12 +50,21 @@ class SmolVLAAgent:
         rename_map: dict | None = None,
         embodiment: str | None = None,
         runtime: str = "torch",
+        n_action_steps: int | None = None,
     ) -> SmolVLAAgent:
         """`embodiment`: which robot's processors, for a policy trained on several; `runtime`: torch, onnx or
-        onnx_int8 (`smolvla.runtime`)."""
+        onnx_int8 (`smolvla.runtime`); `num_steps` / `n_action_steps` override the checkpoint's denoising steps and
+        the actions executed per chunk (how often it re-plans), which need no retraining."""
         policy = load_policy(path, runtime, device)
         if num_steps is not None:
             policy.config.num_steps = int(num_steps)
+        if n_action_steps is not None:
+            chunk = policy.config.chunk_size
+            if not 1 <= int(n_action_steps) <= chunk:
+                raise ConfigError(
+                    f"--policy.n_action_steps={n_action_steps}: expected 1 to the checkpoint's chunk_size ({chunk})"
+                )
+            policy.config.n_action_steps = int(n_action_steps)
         return cls(policy, *load_processors(path, device=device, embodiment=embodiment), rename_map=rename_map)
 
     @property
@@ -109,6 +118,7 @@ class AgentFactory:
     rename_map: tuple[tuple[str, str], ...] = ()  # env key → checkpoint key (a tuple: the recipe stays hashable)
     embodiment: str | None = None
     runtime: str = "torch"
+    n_action_steps: int | None = None
 
     def __call__(self) -> Any:
         if self.path == "expert":
@@ -120,5 +130,6 @@ class AgentFactory:
         except CheckpointError as e:
             raise ConfigError(f"--policy.path={self.path!r} is neither {BUILTIN_AGENTS} nor a checkpoint: {e}") from e
         return SmolVLAAgent.from_pretrained(
-            directory, self.device, self.num_steps, dict(self.rename_map), self.embodiment, self.runtime
-        )
+            directory, self.device, self.num_steps, dict(self.rename_map), self.embodiment, self.runtime,
+            self.n_action_steps,
+        )  # fmt: skip

@@ -32,6 +32,7 @@ class PolicyRef:
     path: str = "expert"  # a checkpoint directory, or "expert" / "random"
     device: str = "cpu"
     num_steps: int | None = None  # override the checkpoint's denoising steps
+    n_action_steps: int | None = None  # override the actions executed per chunk (1 .. the checkpoint's chunk_size)
     embodiment: str | None = None  # which robot's processors, for a policy trained on several
 
 
@@ -149,7 +150,7 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     policy = config.policy
     factory = AgentFactory(policy.path, policy.device, policy.num_steps,
                            rename_map=tuple(config.rename_map.items()), embodiment=policy.embodiment,
-                           runtime=config.runtime)  # fmt: skip
+                           runtime=config.runtime, n_action_steps=policy.n_action_steps)  # fmt: skip
     env = dataclasses.replace(config.env)
     if config.policy.path not in ("expert", "random"):
         agent = factory()  # load once here to read the cameras and image size it was trained with
