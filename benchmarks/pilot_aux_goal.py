@@ -12,6 +12,10 @@ checkpoint is unchanged; the head is kept beside it in `aux_head.pt`, so trainin
 head); validation losses stay flow matching alone.
 After training, the head is asked where the goal is at evaluation starts no demonstration showed (`goal_error`):
 whether the tower learnt to locate the goal or only to recognise its training scenes.
+With `--goal_scenes N` the head also learns from N fresh starts per task (rendered once before training, goal and
+object recorded, no actions): fifty demonstrations show the tower fifty goals, which it can memorise; thousands of
+goals can only be fitted by locating the marker. A batch of them (as large as the training batch) goes through the
+tower and the head at every micro-batch, so the tower is taught to locate on scenes the policy never imitates.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from benchmarks import bench_metaworld
 from benchmarks.pilot_oracle import GOAL
 from smolvla.errors import ConfigError
 from smolvla.eval.agent import SmolVLAAgent
+from smolvla.keys import IMAGE_PREFIX
+from smolvla.model.images import resize_with_pad
 from smolvla.sim.metaworld_env import MetaWorldEnv
 from smolvla.sim.rollout import episode_seed
 from smolvla.sim.tasks import resolve_tasks
@@ -39,13 +45,33 @@ ENV_STATE = "observation.environment_state"
 TARGETS = {"goal": GOAL, "object": slice(4, 7)}
 HEAD = "aux_head.pt"
 PRINT_EVERY = 250  # micro-batches
+SCENE_SEED = 5000  # the goal scenes' starts: apart from collection's (seed 0) and the evaluations' (1000, 3000)
+
+
+def goal_scenes(recipe, per_task: int) -> tuple[dict[str, Tensor], Tensor]:
+    """`per_task` fresh starts of every task as the recipe's cameras see them ({camera: (N, 3, H, W) uint8}) and
+    their 39-D states (N, 39): many more goals than the demonstrations show, for the head alone."""
+    frames: dict[str, list[Tensor]] = {camera: [] for camera in recipe.collect.cameras}
+    states = []
+    for task in resolve_tasks(recipe.tasks):
+        env = MetaWorldEnv(bench_metaworld.env_config(recipe, task))
+        for start in range(per_task):
+            observation, _ = env.reset(seed=episode_seed(SCENE_SEED, task, start))
+            for camera, pixels in observation["pixels"].items():
+                frames[camera].append(torch.from_numpy(pixels).permute(2, 0, 1))
+            states.append(torch.from_numpy(observation["environment_state"]))
+        env.close()
+    print(f"[aux] {len(states)} goal scenes rendered", flush=True)
+    return {camera: torch.stack(f) for camera, f in frames.items()}, torch.stack(states)
 
 
 class AuxGoalHooks(TrainHooks):
     """Plain imitation plus a head on the camera tokens that regresses the chosen `environment_state` parts."""
 
-    def __init__(self, targets: list[str], weight: float, hidden: int = 128):
+    def __init__(self, targets: list[str], weight: float, hidden: int = 128, scenes=None):
         self.targets_named, self.weight, self.hidden = targets, weight, hidden
+        self.scenes = scenes  # goal_scenes(...) or None
+        self.draw = torch.Generator().manual_seed(SCENE_SEED)  # which scenes each micro-batch gets
         self.head: nn.Module | None = None
         self.mean = self.std = None  # of the targets over the training data: the head answers in their units
         self.features: Tensor | None = None  # this micro-batch's camera tokens (cameras * B, tokens, width)
@@ -64,6 +90,19 @@ class AuxGoalHooks(TrainHooks):
         outputs = 3 * len(self.targets_named)
         self.head = nn.Sequential(nn.Linear(inputs, self.hidden), nn.GELU(), nn.Linear(self.hidden, outputs))
         return self.head.to(policy.device)
+
+    def scene_batch(self, config, size: int, device) -> tuple[Tensor, Tensor]:
+        """`size` goal scenes as the prefix embeds them (cameras stacked camera-major, in [-1, 1]) and their targets
+        in the head's units."""
+        frames, states = self.scenes
+        pick = torch.randint(len(states), (size,), generator=self.draw)
+        images = []
+        for key in config.image_features:
+            image = frames[key.removeprefix(IMAGE_PREFIX)][pick].to(device).float() / 255
+            if config.resize_imgs_with_padding is not None:
+                image = resize_with_pad(image, *config.resize_imgs_with_padding, pad_value=0.0)
+            images.append(image * 2.0 - 1.0)
+        return torch.cat(images), (self.pick(states[pick]).to(device) - self.mean) / self.std
 
     def tokens(self, features: Tensor, cameras: int) -> Tensor:
         """(cameras * B, tokens, width), camera-major as the prefix embeds them → (B, cameras * tokens * width)."""
@@ -94,6 +133,9 @@ class AuxGoalHooks(TrainHooks):
             out = losses(prefix, actions, noise, time)
             if model.training and self.features is not None and self.target is not None:
                 aux = (self.head(self.tokens(self.features, cameras)) - self.target).pow(2).mean(-1)
+                if self.scenes is not None:
+                    pixels, target = self.scene_batch(policy.config, len(aux), aux.device)
+                    aux = aux + (self.head(self.tokens(embed(pixels), cameras)) - target).pow(2).mean()
                 self.micro_batches, self.recent = self.micro_batches + 1, self.recent + aux.detach().mean()
                 if self.micro_batches % PRINT_EVERY == 0:  # the only host sync the head adds
                     print(
@@ -170,17 +212,22 @@ def main() -> None:
     parser.add_argument("--targets", default="goal,object", help=f"comma-separated, of {sorted(TARGETS)}")
     parser.add_argument("--weight", type=float, default=1.0, help="the auxiliary loss's weight")
     parser.add_argument("--starts", type=int, default=20, help="evaluation starts per task for the goal error")
+    parser.add_argument("--goal_scenes", type=int, default=0, help="fresh starts per task the head also learns from")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     bench_metaworld.exit_on_sigterm()
     targets = args.targets.split(",")
-    if "goal" not in targets or any(t not in TARGETS for t in targets) or not args.weight > 0:
-        sys.exit(f"pilot_aux_goal: --targets must include goal and name only {sorted(TARGETS)}; --weight must be > 0")
+    if "goal" not in targets or any(t not in TARGETS for t in targets) or not args.weight > 0 or args.goal_scenes < 0:
+        sys.exit(
+            f"pilot_aux_goal: --targets must include goal and name only {sorted(TARGETS)}; --weight must be > 0; "
+            "--goal_scenes must be >= 0"
+        )
     recipe = bench_metaworld.Recipe.load(args.config)
     if recipe.train.get("policy", {}).get("compile_model"):
         sys.exit(f"pilot_aux_goal: {args.config} must not compile (the head reads the tower's output eagerly)")
-    hooks = AuxGoalHooks(targets, args.weight)
+    scenes = goal_scenes(recipe, args.goal_scenes) if args.goal_scenes else None
+    hooks = AuxGoalHooks(targets, args.weight, scenes=scenes)
     trainer.make_optimizer = hooks.extend_optimizer(trainer.make_optimizer)
     trainer.train = hooks.train_and_keep_head(trainer.train)
     try:
@@ -188,7 +235,8 @@ def main() -> None:
     except ConfigError as error:
         sys.exit(f"pilot_aux_goal: {error}")
     errors = goal_error(policy, Path(recipe.output_dir) / "train" / HEAD, hooks, recipe, args.starts)
-    bench_metaworld.run(recipe, notes={"aux_targets": targets, "aux_weight": args.weight, "goal_error": errors})
+    notes = {"aux_targets": targets, "aux_weight": args.weight, "goal_scenes": args.goal_scenes, "goal_error": errors}
+    bench_metaworld.run(recipe, notes=notes)
 
 
 if __name__ == "__main__":

@@ -252,3 +252,35 @@ def test_the_aux_goal_pilot_adds_a_training_only_goal_loss_and_leaves_the_checkp
     recipes = [path for path in SHIPPED if "pilot_aux_goal.py" in path.read_text()]
     assert len(recipes) >= 3
     assert not any(bench_metaworld.Recipe.load(r).train["policy"].get("compile_model") for r in recipes)
+
+
+def test_goal_scenes_teach_the_head_on_fresh_starts_as_the_cameras_saw_them(tmp_path):
+    """`--goal_scenes`: fresh starts rendered as collected (each its own goal), and at every training micro-batch a
+    batch of them, drawn reproducibly, adds the head's error on their goals to every sample's loss."""
+    (tmp_path / "recipe.yaml").write_text(RECIPE.replace("drawer-close,button-press", "reach"))
+    frames, states = pilot_aux_goal.goal_scenes(bench_metaworld.Recipe.load(tmp_path / "recipe.yaml"), per_task=3)
+    assert frames["corner2"].shape == (3, 3, 32, 32) and frames["corner2"].dtype == torch.uint8
+    goals = states[:, pilot_oracle.GOAL]
+    assert states.shape == (3, 39) and len({tuple(g.tolist()) for g in goals}) == 3  # a new goal at every start
+
+    camera = {"type": "VISUAL", "shape": [3, 32, 32]}
+    features = {STATE_KEY: {"type": "STATE", "shape": [4]}, "observation.images.corner2": camera}
+    policy = SmolVLAPolicy.from_preset("tiny", input_features=features, resize_imgs_with_padding=[64, 64])
+    batch = make_batch(policy, 2, 8, "cpu")
+    noise, time = policy.sample_noise_and_time(2, torch.Generator().manual_seed(1))
+    plain = policy.train().compute_loss(batch, noise=noise, time=time, reduction="none")
+    hooks = pilot_aux_goal.AuxGoalHooks(["goal"], weight=0.5, scenes=(frames, states))
+    hooks.mean, hooks.std = torch.zeros(3), torch.full((3,), 0.1)
+    hooks.attach(policy, None)
+    demo_state = torch.randn(2, 39)
+    hooks.targets({pilot_aux_goal.ENV_STATE: demo_state}, batch, noise, time, 0)
+    told = policy.compute_loss(batch, noise=noise, time=time, reduction="none")
+
+    with torch.no_grad():
+        embed = policy.model.vlm_with_expert.embed_images
+        demo = hooks.head(embed(torch.cat(policy.prepare_observation(batch).images)).flatten(1))
+        demo_error = (demo - demo_state[:, 36:39] / 0.1).pow(2).mean(-1)
+        pick = torch.randint(3, (2,), generator=torch.Generator().manual_seed(pilot_aux_goal.SCENE_SEED))
+        pixels = torch.nn.functional.interpolate(frames["corner2"][pick].float() / 255, size=(64, 64), mode="bilinear")
+        scene_error = (hooks.head(embed(pixels * 2 - 1).flatten(1)) - goals[pick] / 0.1).pow(2).mean()
+    torch.testing.assert_close(told.detach() - plain.detach(), 0.5 * (demo_error + scene_error), atol=1e-4, rtol=1e-4)
