@@ -33,7 +33,7 @@ from benchmarks.pilot_oracle import GOAL
 from smolvla.errors import ConfigError
 from smolvla.eval.agent import SmolVLAAgent
 from smolvla.keys import IMAGE_PREFIX
-from smolvla.model.images import resize_with_pad
+from smolvla.model.batch import prepare_images
 from smolvla.sim.metaworld_env import MetaWorldEnv
 from smolvla.sim.rollout import episode_seed
 from smolvla.sim.tasks import resolve_tasks
@@ -96,12 +96,8 @@ class AuxGoalHooks(TrainHooks):
         in the head's units."""
         frames, states = self.scenes
         pick = torch.randint(len(states), (size,), generator=self.draw)
-        images = []
-        for key in config.image_features:
-            image = frames[key.removeprefix(IMAGE_PREFIX)][pick].to(device).float() / 255
-            if config.resize_imgs_with_padding is not None:
-                image = resize_with_pad(image, *config.resize_imgs_with_padding, pad_value=0.0)
-            images.append(image * 2.0 - 1.0)
+        cameras = {key: frames[key.removeprefix(IMAGE_PREFIX)][pick].float() / 255 for key in config.image_features}
+        images, _ = prepare_images(cameras, config, size, device)
         return torch.cat(images), (self.pick(states[pick]).to(device) - self.mean) / self.std
 
     def tokens(self, features: Tensor, cameras: int) -> Tensor:

@@ -54,9 +54,11 @@ def _last_step(value: Tensor, key: str, per_step_ndim: int) -> Tensor:
     return value
 
 
-def _images(
+def prepare_images(
     batch: dict[str, Any], cfg: SmolVLAConfig, batch_size: int, device: torch.device
 ) -> tuple[list[Tensor], list[Tensor]]:
+    """The cameras of `batch` (float in [0, 1]) as the prefix embeds them, one (B, 3, H, W) tensor in [-1, 1] per
+    camera of the config, and each camera's per-sample validity."""
     images, masks = [], []
     absent_empty = 0
     for key in cfg.image_features:
@@ -117,7 +119,7 @@ def prepare_observation(batch: dict[str, Any], cfg: SmolVLAConfig, vocab_size: i
         )
     if tokens.numel() and (tokens.min() < 0 or tokens.max() >= vocab_size):
         raise BatchError(f"language token ids must be in [0, {vocab_size}), got [{tokens.min()}, {tokens.max()}]")
-    images, image_masks = _images(batch, cfg, batch_size, device)
+    images, image_masks = prepare_images(batch, cfg, batch_size, device)
     padded_state = torch.zeros(batch_size, cfg.max_state_dim, dtype=torch.float32, device=device)
     padded_state[:, : state.shape[1]] = state
     return Prefix(images, image_masks, tokens.long(), lang_mask.bool(), padded_state)
