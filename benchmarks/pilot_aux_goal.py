@@ -12,7 +12,7 @@ checkpoint is unchanged; the head is kept beside it in `aux_head.pt`, so trainin
 head); validation losses stay flow matching alone.
 After training, the head is asked where the goal is at evaluation starts no demonstration showed (`goal_error`):
 whether the tower learnt to locate the goal or only to recognise its training scenes.
-With `--goal_scenes N` the head also learns from N fresh starts per task (rendered once before training, goal and
+With `--goal_scenes N` the head also learns from N fresh starts per task (rendered once, when training starts; goal and
 object recorded, no actions): fifty demonstrations show the tower fifty goals, which it can memorise; thousands of
 goals can only be fitted by locating the marker. A batch of them (as large as the training batch) goes through the
 tower and the head at every micro-batch, so the tower is taught to locate on scenes the policy never imitates.
@@ -69,10 +69,10 @@ def goal_scenes(recipe, per_task: int) -> tuple[dict[str, Tensor], Tensor]:
 class AuxGoalHooks(TrainHooks):
     """Plain imitation plus a head on the camera tokens that regresses the chosen `environment_state` parts."""
 
-    def __init__(self, targets: list[str], weight: float, hidden: int = 128, scenes: Callable | None = None):
+    def __init__(self, targets: list[str], weight: float, hidden: int = 128, render_scenes: Callable | None = None):
         self.targets_named, self.weight, self.hidden = targets, weight, hidden
-        # Renders the goal scenes (`goal_scenes(...)`) when training starts: a run that only re-reports renders none.
-        self.render_scenes, self.scenes = scenes, None
+        # `goal_scenes(...)`, called when training starts: a run that only re-reports renders none.
+        self.render_scenes, self.scenes = render_scenes, None
         self.draw = torch.Generator().manual_seed(SCENE_SEED)  # which scenes each micro-batch gets
         self.head: nn.Module | None = None
         self.mean = self.std = None  # of the targets over the training data: the head answers in their units
@@ -226,8 +226,8 @@ def main() -> None:
     recipe = bench_metaworld.Recipe.load(args.config)
     if recipe.train.get("policy", {}).get("compile_model"):
         sys.exit(f"pilot_aux_goal: {args.config} must not compile (the head reads the tower's output eagerly)")
-    scenes = (lambda: goal_scenes(recipe, args.goal_scenes)) if args.goal_scenes else None
-    hooks = AuxGoalHooks(targets, args.weight, scenes=scenes)
+    render = (lambda: goal_scenes(recipe, args.goal_scenes)) if args.goal_scenes else None
+    hooks = AuxGoalHooks(targets, args.weight, render_scenes=render)
     trainer.make_optimizer = hooks.extend_optimizer(trainer.make_optimizer)
     trainer.train = hooks.train_and_keep_head(trainer.train)
     try:

@@ -269,7 +269,7 @@ def test_goal_scenes_teach_the_head_on_fresh_starts_as_the_cameras_saw_them(tmp_
     batch = make_batch(policy, 2, 8, "cpu")
     noise, time = policy.sample_noise_and_time(2, torch.Generator().manual_seed(1))
     plain = policy.train().compute_loss(batch, noise=noise, time=time, reduction="none")
-    hooks = pilot_aux_goal.AuxGoalHooks(["goal"], weight=0.5, scenes=lambda: (frames, states))
+    hooks = pilot_aux_goal.AuxGoalHooks(["goal"], weight=0.5, render_scenes=lambda: (frames, states))
     hooks.mean, hooks.std = torch.zeros(3), torch.full((3,), 0.1)
     assert hooks.scenes is None  # rendered when training starts, so a run that only re-reports renders none
     hooks.attach(policy, None)
