@@ -169,7 +169,8 @@ class AuxGoalHooks(TrainHooks):
         def run(config, **kwargs):
             result = train(config, hooks=self, **kwargs)
             path = Path(config.output_dir) / HEAD
-            torch.save({"head": self.head.state_dict(), "mean": self.mean, "std": self.std}, path.with_suffix(".tmp"))
+            saved = {"head": self.head.state_dict(), "mean": self.mean, "std": self.std, "targets": self.targets_named}
+            torch.save(saved, path.with_suffix(".tmp"))
             path.with_suffix(".tmp").replace(path)  # whole or absent
             return result
 
@@ -206,8 +207,10 @@ def goal_error(policy_dir: Path, head_file: Path, hooks: AuxGoalHooks, recipe, s
     return errors
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(make_hooks: Callable[..., AuxGoalHooks] = AuxGoalHooks, parser=None, notes: dict | None = None) -> None:
+    """The pilot's command line; a pilot built on this one passes its hooks' class (called as `AuxGoalHooks` is),
+    its parser with its own flags added, and its notes for the JSON."""
+    parser = parser or argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="a bench_metaworld recipe with compile_model false")
     parser.add_argument("--targets", default="goal,object", help=f"comma-separated, of {sorted(TARGETS)}")
     parser.add_argument("--weight", type=float, default=1.0, help="the auxiliary loss's weight")
@@ -220,22 +223,23 @@ def main() -> None:
     targets = args.targets.split(",")
     if "goal" not in targets or any(t not in TARGETS for t in targets) or not args.weight > 0 or args.goal_scenes < 0:
         sys.exit(
-            f"pilot_aux_goal: --targets must include goal and name only {sorted(TARGETS)}; --weight must be > 0; "
+            f"{parser.prog}: --targets must include goal and name only {sorted(TARGETS)}; --weight must be > 0; "
             "--goal_scenes must be >= 0"
         )
     recipe = bench_metaworld.Recipe.load(args.config)
     if recipe.train.get("policy", {}).get("compile_model"):
-        sys.exit(f"pilot_aux_goal: {args.config} must not compile (the head reads the tower's output eagerly)")
+        sys.exit(f"{parser.prog}: {args.config} must not compile (the head reads the tower's output eagerly)")
     render = (lambda: goal_scenes(recipe, args.goal_scenes)) if args.goal_scenes else None
-    hooks = AuxGoalHooks(targets, args.weight, render_scenes=render)
+    hooks = make_hooks(targets, args.weight, render_scenes=render)
     trainer.make_optimizer = hooks.extend_optimizer(trainer.make_optimizer)
     trainer.train = hooks.train_and_keep_head(trainer.train)
     try:
         policy = bench_metaworld.run(recipe, stop_after="train")["policy"]
     except ConfigError as error:
-        sys.exit(f"pilot_aux_goal: {error}")
+        sys.exit(f"{parser.prog}: {error}")
     errors = goal_error(policy, Path(recipe.output_dir) / "train" / HEAD, hooks, recipe, args.starts)
-    notes = {"aux_targets": targets, "aux_weight": args.weight, "goal_scenes": args.goal_scenes, "goal_error": errors}
+    notes = {"aux_targets": targets, "aux_weight": args.weight, "goal_scenes": args.goal_scenes, "goal_error": errors,
+             **(notes or {})}  # fmt: skip
     bench_metaworld.run(recipe, notes=notes)
 
 

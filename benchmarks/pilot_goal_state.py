@@ -1,0 +1,99 @@
+"""Goal-in-state pilot: the goal head's answer, read from the cameras, becomes part of the state the expert reads.
+
+    .venv/bin/python benchmarks/pilot_goal_state.py --config benchmarks/configs/metaworld_pilots/goal_state.yaml \
+        --goal_scenes 2000
+
+Two earlier pilots disagree in an instructive way. Told the goal in its state (pilot_oracle), the tiny policy solves
+reach (90 %); taught to locate the goal in the pixels (pilot_aux_goal with goal scenes), its tower does (5 cm off
+unseen reach goals, 0.7 cm off push's at MT10 scale) yet the policy does not act on it (reach 47.5 %, push 30 %):
+the goal sits in the camera tokens, not where the action expert looks for it. Here the head's answer goes where the
+oracle's goal went: into the state, in the three padded slots after the robot's own (`max_state_dim` is 32, so the
+state projection already has them: no new parameter, the checkpoint keeps LeRobot's shape). Training and evaluation
+alike, and nothing privileged at evaluation (cameras + 4-D state in, as in every recipe): the goal is estimated.
+The answer is detached, so the head learns from its own loss only, not from the expert's.
+
+The checkpoint cannot act without its head (`aux_head.pt`, beside the run's checkpoints): a benchmark device, not a
+recipe for users. Evaluation (its worker processes too) builds agents through `GoalFedFactory`, which attaches it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import pilot_aux_goal
+from benchmarks.pilot_aux_goal import HEAD, AuxGoalHooks
+from smolvla.errors import ConfigError
+from smolvla.eval import agent as agent_module
+from smolvla.eval import evaluate as evaluate_module
+from smolvla.model.checkpoint import pretrained_dir
+
+
+class GoalStateHooks(AuxGoalHooks):
+    """`AuxGoalHooks` whose head's goal answer is also written into the state, at training and evaluation."""
+
+    def __init__(self, targets: list[str], weight: float, **kwargs):
+        super().__init__(targets, weight, **kwargs)
+        self.at = 3 * targets.index("goal")  # the goal's place in the head's answer
+
+    def attach(self, policy, config) -> None:
+        super().attach(policy, config)
+        self.feed_goal(policy)
+
+    def feed_goal(self, policy) -> None:
+        """From now on `policy`'s state projection reads, in the state's slots `state_dim` .. `state_dim + 3`, the
+        head's goal (normalized by the training data's goal statistics, as the state is by its own) for the camera
+        tokens of the same prefix."""
+        model, vlm = policy.model, policy.model.vlm_with_expert
+        cameras, slot = len(policy.config.image_features), policy.config.state_dim
+        if slot is None or slot + 3 > policy.config.max_state_dim:
+            raise ConfigError(f"the goal needs 3 free state slots after the state's {slot} (max_state_dim "
+                              f"{policy.config.max_state_dim})")  # fmt: skip
+        embed, project = vlm.embed_images, model.state_proj.forward
+        seen: dict[str, Tensor] = {}
+
+        def embed_images(pixels: Tensor) -> Tensor:
+            seen["tokens"] = out = embed(pixels)
+            return out
+
+        def state_proj(state: Tensor) -> Tensor:
+            tokens = seen.pop("tokens")  # embed_prefix embeds the cameras (in one batch) before the state
+            goal = self.head(self.tokens(tokens, cameras))[:, self.at : self.at + 3].detach()
+            return project(torch.cat([state[:, :slot], goal.to(state), state[:, slot + 3 :]], dim=-1))
+
+        vlm.embed_images, model.state_proj.forward = embed_images, state_proj
+
+
+@dataclass(frozen=True)
+class GoalFedFactory(agent_module.AgentFactory):
+    """`AgentFactory` whose checkpoint agents read their head's goal, as `GoalStateHooks` trained them (picklable:
+    evaluation workers build their agents through it too)."""
+
+    def __call__(self):
+        agent = super().__call__()
+        if self.path in ("expert", "random"):
+            return agent
+        run = pretrained_dir(self.path).parents[2]  # <run>/checkpoints/<step>/pretrained_model
+        saved = torch.load(run / HEAD)
+        hooks = GoalStateHooks(saved["targets"], weight=1.0)
+        hooks.build_head(agent.policy).load_state_dict(saved["head"])
+        hooks.head.eval()
+        hooks.feed_goal(agent.policy)
+        return agent
+
+
+def main() -> None:
+    # Evaluation (its workers and the failure video) builds agents through the factory that attaches the head.
+    evaluate_module.AgentFactory = agent_module.AgentFactory = GoalFedFactory
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    pilot_aux_goal.main(GoalStateHooks, parser, notes={"goal_in_state": "head"})
+
+
+if __name__ == "__main__":
+    main()

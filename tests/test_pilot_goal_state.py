@@ -1,0 +1,114 @@
+"""pilot_goal_state: the expert reads the goal head's answer in the state's padded slots, in training and at
+evaluation, and evaluation agents (worker processes too) are built with the run's saved head attached."""
+
+import os
+import pickle
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # before MuJoCo is first imported
+
+from benchmarks import pilot_aux_goal, pilot_goal_state
+from smolvla.bench import make_batch
+from smolvla.errors import ConfigError
+from smolvla.eval.agent import AgentFactory
+from smolvla.keys import STATE_KEY
+from smolvla.policy import SmolVLAPolicy
+
+CAMERAS = ("corner2", "gripperPOV")
+
+
+def tiny_policy() -> SmolVLAPolicy:
+    torch.manual_seed(0)
+    cameras = {f"observation.images.{c}": {"type": "VISUAL", "shape": [3, 32, 32]} for c in CAMERAS}
+    return SmolVLAPolicy.from_preset(
+        "tiny",
+        input_features={STATE_KEY: {"type": "STATE", "shape": [4]}, **cameras},
+        output_features={"action": {"type": "ACTION", "shape": [4]}},
+        resize_imgs_with_padding=[32, 32], chunk_size=5, n_action_steps=5, num_steps=2,
+    )  # fmt: skip
+
+
+def record_state_proj_inputs(policy) -> list[torch.Tensor]:
+    """What the state projection is given from now on (installed before the pilot wraps it: it sees the fed state)."""
+    seen, project = [], policy.model.state_proj.forward
+
+    def state_proj(state):
+        seen.append(state.detach().clone())
+        return project(state)
+
+    policy.model.state_proj.forward = state_proj
+    return seen
+
+
+def test_the_expert_reads_the_heads_goal_in_the_state():
+    policy = tiny_policy()
+    keys = set(policy.state_dict())
+    batch = make_batch(policy, 3, 8, "cpu")
+    noise, time = policy.sample_noise_and_time(3, torch.Generator().manual_seed(1))
+    robot_state = policy.prepare_observation(batch).state
+    seen = record_state_proj_inputs(policy)
+    hooks = pilot_goal_state.GoalStateHooks(["object", "goal"], weight=0.5)  # the goal second: at 3:6
+    hooks.mean, hooks.std = torch.zeros(6), torch.full((6,), 2.0)
+    hooks.attach(policy, None)
+    env_state = torch.randn(3, 39)
+    hooks.targets({pilot_aux_goal.ENV_STATE: env_state}, batch, noise, time, 0)
+
+    policy.train().compute_loss(batch, noise=noise, time=time).backward()
+    policy.eval().compute_loss(batch, noise=noise, time=time)
+    with torch.no_grad():
+        tokens = policy.model.vlm_with_expert.embed_images(torch.cat(policy.prepare_observation(batch).images))
+        answer = hooks.head(hooks.tokens(tokens, len(CAMERAS)))[:, 3:6]
+    assert len(seen) == 2  # one prefix in training, one in evaluation: both given the head's answer
+    for fed in seen:
+        torch.testing.assert_close(fed[:, 4:7], answer, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(fed[:, :4], robot_state[:, :4])
+        assert not fed[:, 7:].any()  # the rest of the padding stays zero
+    assert all(p.grad is not None for p in hooks.head.parameters())  # the head still learns, from its own loss
+    assert set(policy.state_dict()) == keys  # no new parameter: the checkpoint keeps its shape
+
+
+def test_the_goal_needs_three_free_state_slots():
+    policy = tiny_policy()
+    policy.config.max_state_dim = 6
+    with pytest.raises(ConfigError, match="3 free state slots after the state's 4"):
+        pilot_goal_state.GoalStateHooks(["goal"], weight=1.0).feed_goal(policy)
+
+
+def test_evaluation_agents_are_built_with_the_runs_head(tmp_path):
+    """`GoalFedFactory` (pickled, as workers receive it) loads the head the pilot saved beside the checkpoints and
+    acts exactly as the plain agent with that head attached; without it the actions differ."""
+    from smolvla.processors import TaskTokenizer, make_processors
+    from smolvla.sim.tasks import INSTRUCTIONS
+
+    policy = tiny_policy()
+    stats = {STATE_KEY: {"mean": torch.zeros(4), "std": torch.ones(4)},
+             "action": {"mean": torch.zeros(4), "std": torch.ones(4)}}  # fmt: skip
+    tokenizer = TaskTokenizer.train(list(INSTRUCTIONS.values()), vocab_size=300)
+    run = tmp_path / "train"
+    checkpoint = run / "checkpoints" / "000002" / "pretrained_model"
+    policy.save_pretrained(checkpoint, processors=make_processors(policy.config, stats, tokenizer))
+    hooks = pilot_goal_state.GoalStateHooks(["goal"], weight=1.0)
+    hooks.mean, hooks.std = torch.zeros(3), torch.ones(3)
+    hooks.build_head(policy)
+    with torch.no_grad():
+        hooks.head[-1].bias.fill_(3.0)  # a goal far from the zero padding, so reading it must change the actions
+    hooks.train_and_keep_head(lambda config, **kwargs: None)(SimpleNamespace(output_dir=run))
+
+    rng = np.random.default_rng(0)
+    observation = {"pixels": {c: rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for c in CAMERAS},
+                   "agent_pos": rng.standard_normal(4).astype(np.float32), "task": "reach"}  # fmt: skip
+
+    def chunk(agent) -> np.ndarray:
+        agent.reset(seed=0)
+        return np.stack([agent.select_action(observation) for _ in range(5)])
+
+    fed = pickle.loads(pickle.dumps(pilot_goal_state.GoalFedFactory(str(checkpoint))))()
+    plain = AgentFactory(str(checkpoint))()
+    unfed = chunk(plain)
+    hooks.feed_goal(plain.policy)
+    np.testing.assert_allclose(chunk(fed), chunk(plain), atol=1e-5)
+    assert not np.allclose(chunk(fed), unfed, atol=1e-3)
