@@ -77,10 +77,12 @@ class GoalFedFactory(agent_module.AgentFactory):
 
     def __call__(self):
         agent = super().__call__()
-        if self.path in ("expert", "random"):
+        if self.path in agent_module.BUILTIN_AGENTS:
             return agent
-        run = pretrained_dir(self.path).parents[2]  # <run>/checkpoints/<step>/pretrained_model
-        saved = torch.load(run / HEAD)
+        head = pretrained_dir(self.path).parents[2] / HEAD  # beside <run>/checkpoints/<step>/pretrained_model
+        if not head.is_file():
+            raise ConfigError(f"{head} is missing: a policy trained by pilot_goal_state cannot act without its head")
+        saved = torch.load(head)
         hooks = GoalStateHooks(saved["targets"], weight=1.0)
         hooks.build_head(agent.policy).load_state_dict(saved["head"])
         hooks.head.eval()

@@ -80,7 +80,7 @@ def test_the_goal_needs_three_free_state_slots():
 
 def test_evaluation_agents_are_built_with_the_runs_head(tmp_path):
     """`GoalFedFactory` (pickled, as workers receive it) loads the head the pilot saved beside the checkpoints and
-    acts exactly as the plain agent with that head attached; without it the actions differ."""
+    acts exactly as the plain agent with that head attached; without it the actions differ; no head, no agent."""
     from smolvla.processors import TaskTokenizer, make_processors
     from smolvla.sim.tasks import INSTRUCTIONS
 
@@ -96,6 +96,8 @@ def test_evaluation_agents_are_built_with_the_runs_head(tmp_path):
     hooks.build_head(policy)
     with torch.no_grad():
         hooks.head[-1].bias.fill_(3.0)  # a goal far from the zero padding, so reading it must change the actions
+    with pytest.raises(ConfigError, match=r"aux_head\.pt is missing"):
+        pilot_goal_state.GoalFedFactory(str(checkpoint))()
     hooks.train_and_keep_head(lambda config, **kwargs: None)(SimpleNamespace(output_dir=run))
 
     rng = np.random.default_rng(0)
