@@ -93,6 +93,14 @@ class AuxGoalHooks(TrainHooks):
         self.head = nn.Sequential(nn.Linear(inputs, self.hidden), nn.GELU(), nn.Linear(self.hidden, outputs))
         return self.head.to(policy.device)
 
+    def load_head(self, policy, path: Path) -> dict:
+        """The head `train_and_keep_head` saved at `path`, built for `policy` and loaded; returns the saved dict
+        (its units, `mean` and `std`, and `targets`)."""
+        saved = torch.load(path)
+        self.build_head(policy).load_state_dict(saved["head"])
+        self.head.eval()
+        return saved
+
     def scene_batch(self, config, size: int, device) -> tuple[Tensor, Tensor]:
         """`size` goal scenes as the prefix embeds them (cameras stacked camera-major, in [-1, 1]) and their targets
         in the head's units."""
@@ -184,8 +192,7 @@ def goal_error(policy_dir: Path, head_file: Path, hooks: AuxGoalHooks, recipe, s
     against always answering the mean of this task's goals at these starts: the best a goal-blind answer that knows
     the task can do (in a multi-task run the training mean is far from every task's goals)."""
     agent = SmolVLAAgent.from_pretrained(policy_dir)
-    saved = torch.load(head_file)
-    hooks.build_head(agent.policy).load_state_dict(saved["head"])
+    saved = hooks.load_head(agent.policy, head_file)
     at = hooks.targets_named.index("goal") * 3
     mean, std = saved["mean"][at : at + 3], saved["std"][at : at + 3]
     errors: dict[str, dict] = {}

@@ -82,10 +82,8 @@ class GoalFedFactory(agent_module.AgentFactory):
         head = pretrained_dir(self.path).parents[2] / HEAD  # beside <run>/checkpoints/<step>/pretrained_model
         if not head.is_file():
             raise ConfigError(f"{head} is missing: a policy trained by pilot_goal_state cannot act without its head")
-        saved = torch.load(head)
-        hooks = GoalStateHooks(saved["targets"], weight=1.0)
-        hooks.build_head(agent.policy).load_state_dict(saved["head"])
-        hooks.head.eval()
+        hooks = GoalStateHooks(torch.load(head)["targets"], weight=1.0)
+        hooks.load_head(agent.policy, head)
         hooks.feed_goal(agent.policy)
         return agent
 
