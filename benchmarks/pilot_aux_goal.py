@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import bench_metaworld
-from benchmarks.pilot_oracle import GOAL
+from benchmarks.pilot_oracle import GOAL, OBJECT
 from smolvla.errors import ConfigError
 from smolvla.eval.agent import SmolVLAAgent
 from smolvla.keys import IMAGE_PREFIX
@@ -43,7 +43,7 @@ from smolvla.train.hooks import TrainHooks
 
 ENV_STATE = "observation.environment_state"
 # Where Meta-World's 39-D observation keeps them (goal-observable mode, which smolvla uses).
-TARGETS = {"goal": GOAL, "object": slice(4, 7)}
+TARGETS = {"goal": GOAL, "object": OBJECT}
 HEAD = "aux_head.pt"
 PRINT_EVERY = 250  # micro-batches
 SCENE_SEED = 5000  # the goal scenes' starts: apart from collection's (seed 0) and the evaluations' (1000, 3000)
@@ -171,14 +171,17 @@ class AuxGoalHooks(TrainHooks):
 
         return make_optimizer
 
+    def record(self) -> dict:
+        """What `aux_head.pt` keeps: the head, its units and what it answers."""
+        return {"head": self.head.state_dict(), "mean": self.mean, "std": self.std, "targets": self.targets_named}
+
     def train_and_keep_head(self, train):
         """`train` with these hooks, then the head and its units beside the run's checkpoints."""
 
         def run(config, **kwargs):
             result = train(config, hooks=self, **kwargs)
             path = Path(config.output_dir) / HEAD
-            saved = {"head": self.head.state_dict(), "mean": self.mean, "std": self.std, "targets": self.targets_named}
-            torch.save(saved, path.with_suffix(".tmp"))
+            torch.save(self.record(), path.with_suffix(".tmp"))
             path.with_suffix(".tmp").replace(path)  # whole or absent
             return result
 
@@ -190,27 +193,32 @@ def goal_error(policy_dir: Path, head_file: Path, hooks: AuxGoalHooks, recipe, s
     """How far (cm, RMS over starts of the xyz distance) the trained head puts each task's goal at its first
     `starts` evaluation starts (which no demonstration showed), against always answering the training mean and
     against always answering the mean of this task's goals at these starts: the best a goal-blind answer that knows
-    the task can do (in a multi-task run the training mean is far from every task's goals)."""
+    the task can do (in a multi-task run the training mean is far from every task's goals). The head's other
+    targets (the object) are scored the same way, under their name (`object_head_cm`, ...), at the first step."""
     agent = SmolVLAAgent.from_pretrained(policy_dir)
     saved = hooks.load_head(agent.policy, head_file)
-    at = hooks.targets_named.index("goal") * 3
-    mean, std = saved["mean"][at : at + 3], saved["std"][at : at + 3]
     errors: dict[str, dict] = {}
     for task in resolve_tasks(recipe.tasks):
         env = MetaWorldEnv(bench_metaworld.env_config(recipe, task))
-        head, goals = [], []
+        answers, truths = [], []
         for start in range(starts):
             observation, _ = env.reset(seed=episode_seed(recipe.eval.seed, task, start))  # the evaluation's
             prefix = agent.policy.prepare_observation(agent.prepare({**observation, "task": task}))
             features = agent.policy.model.vlm_with_expert.embed_images(torch.cat(prefix.images))
-            goal = torch.as_tensor(observation["environment_state"][GOAL], dtype=torch.float32)
-            head.append(hooks.head(hooks.tokens(features, len(agent.cameras)))[0, at : at + 3] * std + mean - goal)
-            goals.append(goal)
+            answers.append(hooks.head(hooks.tokens(features, len(agent.cameras)))[0] * saved["std"] + saved["mean"])
+            truths.append(hooks.pick(torch.as_tensor(observation["environment_state"], dtype=torch.float32)))
         env.close()
-        goals = torch.stack(goals)
-        misses = {"head_cm": torch.stack(head), "training_mean_cm": mean - goals, "task_mean_cm": goals.mean(0) - goals}
-        errors[task] = {name: round(float(e.pow(2).sum(-1).mean().sqrt()) * 100, 2) for name, e in misses.items()}
-        print(f"[aux] {task}: goal error {errors[task]} at {starts} evaluation starts", flush=True)
+        # (starts, targets, xyz) and (targets, xyz)
+        answers, truths = torch.stack(answers).unflatten(-1, (-1, 3)), torch.stack(truths).unflatten(-1, (-1, 3))
+        means = saved["mean"].unflatten(-1, (-1, 3))
+        errors[task] = {}
+        for i, target in enumerate(hooks.targets_named):
+            truth = truths[:, i]
+            misses = {"head_cm": answers[:, i] - truth, "training_mean_cm": means[i] - truth,
+                      "task_mean_cm": truth.mean(0) - truth}  # fmt: skip
+            name = "" if target == "goal" else f"{target}_"
+            errors[task] |= {name + k: round(float(e.pow(2).sum(-1).mean().sqrt()) * 100, 2) for k, e in misses.items()}
+        print(f"[aux] {task}: head errors {errors[task]} at {starts} evaluation starts", flush=True)
     return errors
 
 
@@ -237,7 +245,10 @@ def main(make_hooks: Callable[..., AuxGoalHooks] = AuxGoalHooks, parser=None, no
     if recipe.train.get("policy", {}).get("compile_model"):
         sys.exit(f"{parser.prog}: {args.config} must not compile (the head reads the tower's output eagerly)")
     render = (lambda: goal_scenes(recipe, args.goal_scenes)) if args.goal_scenes else None
-    hooks = make_hooks(targets, args.weight, render_scenes=render)
+    try:
+        hooks = make_hooks(targets, args.weight, render_scenes=render)
+    except ConfigError as error:
+        sys.exit(f"{parser.prog}: {error}")
     trainer.make_optimizer = hooks.extend_optimizer(trainer.make_optimizer)
     trainer.train = hooks.train_and_keep_head(trainer.train)
     try:

@@ -10,7 +10,8 @@ the goal sits in the camera tokens, not where the action expert looks for it. He
 oracle's goal went: into the state, in the three padded slots after the robot's own (`max_state_dim` is 32, so the
 state projection already has them: no new parameter, the checkpoint keeps LeRobot's shape). Training and evaluation
 alike, and nothing privileged at evaluation (cameras + 4-D state in, as in every recipe): the goal is estimated.
-The answer is detached, so the head learns from its own loss only, not from the expert's.
+The answer is detached, so the head learns from its own loss only, not from the expert's. `--feed goal,object` also
+writes the head's object answer (the puck, the peg) into the three slots after the goal's.
 
 The checkpoint cannot act without its head (`aux_head.pt`, beside the run's checkpoints): a benchmark device, not a
 recipe for users. Evaluation (its worker processes too) builds agents through `GoalFedFactory`, which attaches it.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -36,25 +38,34 @@ from smolvla.model.checkpoint import pretrained_dir
 
 
 class GoalStateHooks(AuxGoalHooks):
-    """`AuxGoalHooks` whose head's goal answer is also written into the state, at training and evaluation."""
+    """`AuxGoalHooks` whose head's answers for `feed` (the goal, by default) are also written into the state, at
+    training and evaluation."""
 
-    def __init__(self, targets: list[str], weight: float, **kwargs):
+    def __init__(self, targets: list[str], weight: float, feed: tuple[str, ...] = ("goal",), **kwargs):
         super().__init__(targets, weight, **kwargs)
-        self.at = 3 * targets.index("goal")  # the goal's place in the head's answer
+        if not feed or any(name not in targets for name in feed):
+            raise ConfigError(f"--feed {','.join(feed)}: it must name some of the head's targets {targets}")
+        self.feed = list(feed)
+        # Where each fed answer sits in the head's output (3 per target, in `targets`' order).
+        self.columns = torch.tensor([3 * targets.index(name) + i for name in feed for i in range(3)])
+
+    def record(self) -> dict:
+        return {**super().record(), "feed": self.feed}
 
     def attach(self, policy, config) -> None:
         super().attach(policy, config)
-        self.feed_goal(policy)
+        self.feed_state(policy)
 
-    def feed_goal(self, policy) -> None:
-        """From now on `policy`'s state projection reads, in the state's slots `state_dim` .. `state_dim + 3`, the
-        head's goal (normalized by the training data's goal statistics, as the state is by its own) for the camera
+    def feed_state(self, policy) -> None:
+        """From now on `policy`'s state projection reads, in the state's slots from `state_dim` on, the head's
+        answers for `feed` (normalized by the training data's statistics, as the state is by its own) for the camera
         tokens of the same prefix."""
         model, vlm = policy.model, policy.model.vlm_with_expert
-        cameras, slot = len(policy.config.image_features), policy.config.state_dim
-        if slot is None or slot + 3 > policy.config.max_state_dim:
-            raise ConfigError(f"the goal needs 3 free state slots after the state's {slot} (max_state_dim "
-                              f"{policy.config.max_state_dim})")  # fmt: skip
+        cameras, slot, width = len(policy.config.image_features), policy.config.state_dim, len(self.columns)
+        if slot is None or slot + width > policy.config.max_state_dim:
+            raise ConfigError(f"--feed {','.join(self.feed)} needs {width} free state slots after the state's {slot} "
+                              f"(max_state_dim {policy.config.max_state_dim})")  # fmt: skip
+        columns = self.columns.to(policy.device)
         embed, project = vlm.embed_images, model.state_proj.forward
         seen: dict[str, Tensor] = {}
 
@@ -64,8 +75,8 @@ class GoalStateHooks(AuxGoalHooks):
 
         def state_proj(state: Tensor) -> Tensor:
             tokens = seen.pop("tokens")  # embed_prefix embeds the cameras (in one batch) before the state
-            goal = self.head(self.tokens(tokens, cameras))[:, self.at : self.at + 3].detach()
-            return project(torch.cat([state[:, :slot], goal.to(state), state[:, slot + 3 :]], dim=-1))
+            answer = self.head(self.tokens(tokens, cameras))[:, columns].detach()
+            return project(torch.cat([state[:, :slot], answer.to(state), state[:, slot + width :]], dim=-1))
 
         vlm.embed_images, model.state_proj.forward = embed_images, state_proj
 
@@ -82,9 +93,10 @@ class GoalFedFactory(agent_module.AgentFactory):
         head = pretrained_dir(self.path).parents[2] / HEAD  # beside <run>/checkpoints/<step>/pretrained_model
         if not head.is_file():
             raise ConfigError(f"{head} is missing: a policy trained by pilot_goal_state cannot act without its head")
-        hooks = GoalStateHooks(torch.load(head)["targets"], weight=1.0)
+        saved = torch.load(head)
+        hooks = GoalStateHooks(saved["targets"], weight=1.0, feed=saved.get("feed", ["goal"]))  # heads before --feed
         hooks.load_head(agent.policy, head)
-        hooks.feed_goal(agent.policy)
+        hooks.feed_state(agent.policy)
         return agent
 
 
@@ -92,7 +104,9 @@ def main() -> None:
     # Evaluation (its workers and the failure video) builds agents through the factory that attaches the head.
     evaluate_module.AgentFactory = agent_module.AgentFactory = GoalFedFactory
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    pilot_aux_goal.main(GoalStateHooks, parser, notes={"goal_in_state": "head"})
+    parser.add_argument("--feed", default="goal", help="comma-separated head targets written into the state")
+    feed = tuple(parser.parse_known_args()[0].feed.split(","))
+    pilot_aux_goal.main(partial(GoalStateHooks, feed=feed), parser, notes={"goal_in_state": "head", "feed": feed})
 
 
 if __name__ == "__main__":

@@ -193,22 +193,26 @@ def test_backbone_pilots_reshape_existing_fields_into_a_model_that_runs(monkeypa
             pilot_backbone.reshape(copy.deepcopy(BACKBONE_PRESETS[TINY_BACKBONE][0]), [bad])
 
 
-def test_the_oracle_pilot_tells_the_policy_the_goal_and_records_it(monkeypatch):
-    """pilot_oracle appends the goal's xyz to `agent_pos` (and so to the recorded `observation.state`), leaving the
-    rest of the observation alone; its recipe collects and evaluates in-process, where the change holds."""
+@pytest.mark.parametrize("with_object", [False, True])
+def test_the_oracle_pilot_tells_the_policy_the_goal_and_records_it(monkeypatch, with_object):
+    """pilot_oracle appends the goal's xyz (then the puck's, with `--object`) to `agent_pos` (and so to the recorded
+    `observation.state`), leaving the rest of the observation alone; its recipes collect and evaluate in-process,
+    where the change holds."""
     for name in ("_observation", "dataset_features"):  # restored after the test: tell_goal patches the class
         monkeypatch.setattr(MetaWorldEnv, name, getattr(MetaWorldEnv, name))
-    plain = MetaWorldEnv(MetaWorldConfig(task="reach", cameras=()))
+    plain = MetaWorldEnv(MetaWorldConfig(task="push", cameras=()))
     before, _ = plain.reset(seed=3)
-    pilot_oracle.tell_goal()
-    told = MetaWorldEnv(MetaWorldConfig(task="reach", cameras=()))
+    names = pilot_oracle.tell_goal(with_object=with_object)
+    told = MetaWorldEnv(MetaWorldConfig(task="push", cameras=()))
     after, _ = told.reset(seed=3)
-    goal = told.sim._target_pos
-    assert after["agent_pos"].shape == (7,) and after["agent_pos"].dtype == np.float32
-    np.testing.assert_allclose(after["agent_pos"], np.concatenate([before["agent_pos"], goal]), atol=1e-6)
+    told_parts = [told.sim._target_pos] + ([told.sim._get_pos_objects()] if with_object else [])
+    size = 7 + 3 * with_object
+    assert after["agent_pos"].shape == (size,) and after["agent_pos"].dtype == np.float32
+    np.testing.assert_allclose(after["agent_pos"], np.concatenate([before["agent_pos"], *told_parts]), atol=1e-6)
     np.testing.assert_array_equal(after["environment_state"], before["environment_state"])
     state = told.dataset_features()["observation.state"]
-    assert state["shape"] == [7] and state["names"][4:] == pilot_oracle.GOAL_NAMES
+    assert state["shape"] == [size] and state["names"] == names
+    assert names[4:] == pilot_oracle.GOAL_NAMES + (pilot_oracle.OBJECT_NAMES if with_object else [])
     plain.close()
     told.close()
     recipes = [path for path in SHIPPED if "pilot_oracle.py" in path.read_text()]

@@ -44,14 +44,15 @@ def record_state_proj_inputs(policy) -> list[torch.Tensor]:
     return seen
 
 
-def test_the_expert_reads_the_heads_goal_in_the_state():
+@pytest.mark.parametrize("feed", [("goal",), ("goal", "object")])
+def test_the_expert_reads_the_heads_answers_in_the_state(feed):
     policy = tiny_policy()
     keys = set(policy.state_dict())
     batch = make_batch(policy, 3, 8, "cpu")
     noise, time = policy.sample_noise_and_time(3, torch.Generator().manual_seed(1))
     robot_state = policy.prepare_observation(batch).state
     seen = record_state_proj_inputs(policy)
-    hooks = pilot_goal_state.GoalStateHooks(["object", "goal"], weight=0.5)  # the goal second: at 3:6
+    hooks = pilot_goal_state.GoalStateHooks(["object", "goal"], weight=0.5, feed=feed)  # the goal second: at 3:6
     hooks.mean, hooks.std = torch.zeros(6), torch.full((6,), 2.0)
     hooks.attach(policy, None)
     env_state = torch.randn(3, 39)
@@ -61,26 +62,33 @@ def test_the_expert_reads_the_heads_goal_in_the_state():
     policy.eval().compute_loss(batch, noise=noise, time=time)
     with torch.no_grad():
         tokens = policy.model.vlm_with_expert.embed_images(torch.cat(policy.prepare_observation(batch).images))
-        answer = hooks.head(hooks.tokens(tokens, len(CAMERAS)))[:, 3:6]
+        answer = hooks.head(hooks.tokens(tokens, len(CAMERAS)))
+    answer = torch.cat([answer[:, 3:6], answer[:, 0:3]], dim=1)[:, : 3 * len(feed)]  # in the feed's order
+    end = 4 + answer.shape[1]
     assert len(seen) == 2  # one prefix in training, one in evaluation: both given the head's answer
     for fed in seen:
-        torch.testing.assert_close(fed[:, 4:7], answer, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(fed[:, 4:end], answer, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(fed[:, :4], robot_state[:, :4])
-        assert not fed[:, 7:].any()  # the rest of the padding stays zero
+        assert not fed[:, end:].any()  # the rest of the padding stays zero
     assert all(p.grad is not None for p in hooks.head.parameters())  # the head still learns, from its own loss
     assert set(policy.state_dict()) == keys  # no new parameter: the checkpoint keeps its shape
 
 
-def test_the_goal_needs_three_free_state_slots():
+def test_what_is_fed_must_fit_and_be_answered():
     policy = tiny_policy()
-    policy.config.max_state_dim = 6
-    with pytest.raises(ConfigError, match="3 free state slots after the state's 4"):
-        pilot_goal_state.GoalStateHooks(["goal"], weight=1.0).feed_goal(policy)
+    policy.config.max_state_dim = 9
+    pilot_goal_state.GoalStateHooks(["goal", "object"], weight=1.0).feed_state(policy)  # 4 + 3 slots fit
+    both = pilot_goal_state.GoalStateHooks(["goal", "object"], weight=1.0, feed=("goal", "object"))
+    with pytest.raises(ConfigError, match="--feed goal,object needs 6 free state slots after the state's 4"):
+        both.feed_state(policy)
+    with pytest.raises(ConfigError, match=r"--feed object: it must name some of the head's targets \['goal'\]"):
+        pilot_goal_state.GoalStateHooks(["goal"], weight=1.0, feed=("object",))
 
 
 def test_evaluation_agents_are_built_with_the_runs_head(tmp_path):
     """`GoalFedFactory` (pickled, as workers receive it) loads the head the pilot saved beside the checkpoints and
-    acts exactly as the plain agent with that head attached; without it the actions differ; no head, no agent."""
+    acts exactly as the plain agent with that head attached, fed what it was trained with (goal and object here);
+    without it the actions differ; no head, no agent."""
     from smolvla.processors import TaskTokenizer, make_processors
     from smolvla.sim.tasks import INSTRUCTIONS
 
@@ -91,8 +99,8 @@ def test_evaluation_agents_are_built_with_the_runs_head(tmp_path):
     run = tmp_path / "train"
     checkpoint = run / "checkpoints" / "000002" / "pretrained_model"
     policy.save_pretrained(checkpoint, processors=make_processors(policy.config, stats, tokenizer))
-    hooks = pilot_goal_state.GoalStateHooks(["goal"], weight=1.0)
-    hooks.mean, hooks.std = torch.zeros(3), torch.ones(3)
+    hooks = pilot_goal_state.GoalStateHooks(["goal", "object"], weight=1.0, feed=("goal", "object"))
+    hooks.mean, hooks.std = torch.zeros(6), torch.ones(6)
     hooks.build_head(policy)
     with torch.no_grad():
         hooks.head[-1].bias.fill_(3.0)  # a goal far from the zero padding, so reading it must change the actions
@@ -111,6 +119,6 @@ def test_evaluation_agents_are_built_with_the_runs_head(tmp_path):
     fed = pickle.loads(pickle.dumps(pilot_goal_state.GoalFedFactory(str(checkpoint))))()
     plain = AgentFactory(str(checkpoint))()
     unfed = chunk(plain)
-    hooks.feed_goal(plain.policy)
+    hooks.feed_state(plain.policy)
     np.testing.assert_allclose(chunk(fed), chunk(plain), atol=1e-5)
     assert not np.allclose(chunk(fed), unfed, atol=1e-3)
