@@ -44,7 +44,7 @@ class GoalStateHooks(AuxGoalHooks):
     def __init__(self, targets: list[str], weight: float, feed: tuple[str, ...] = ("goal",), **kwargs):
         super().__init__(targets, weight, **kwargs)
         if not feed or any(name not in targets for name in feed):
-            raise ConfigError(f"--feed {','.join(feed)}: it must name some of the head's targets {targets}")
+            raise ConfigError(f"--feed {','.join(feed)}: the head answers only {targets}")
         self.feed = list(feed)
         # Where each fed answer sits in the head's output (3 per target, in `targets`' order).
         self.columns = torch.tensor([3 * targets.index(name) + i for name in feed for i in range(3)])
@@ -103,9 +103,10 @@ class GoalFedFactory(agent_module.AgentFactory):
 def main() -> None:
     # Evaluation (its workers and the failure video) builds agents through the factory that attaches the head.
     evaluate_module.AgentFactory = agent_module.AgentFactory = GoalFedFactory
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--feed", default="goal", help="comma-separated head targets written into the state")
-    feed = tuple(parser.parse_known_args()[0].feed.split(","))
+    own = argparse.ArgumentParser(add_help=False)  # read first: the hooks are built with it
+    own.add_argument("--feed", default="goal", help="comma-separated head targets written into the state")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[own])
+    feed = tuple(own.parse_known_args()[0].feed.split(","))
     pilot_aux_goal.main(partial(GoalStateHooks, feed=feed), parser, notes={"goal_in_state": "head", "feed": feed})
 
 

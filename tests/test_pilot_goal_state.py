@@ -81,7 +81,7 @@ def test_what_is_fed_must_fit_and_be_answered():
     both = pilot_goal_state.GoalStateHooks(["goal", "object"], weight=1.0, feed=("goal", "object"))
     with pytest.raises(ConfigError, match="--feed goal,object needs 6 free state slots after the state's 4"):
         both.feed_state(policy)
-    with pytest.raises(ConfigError, match=r"--feed object: it must name some of the head's targets \['goal'\]"):
+    with pytest.raises(ConfigError, match=r"--feed object: the head answers only \['goal'\]"):
         pilot_goal_state.GoalStateHooks(["goal"], weight=1.0, feed=("object",))
 
 
