@@ -95,7 +95,7 @@ class AuxGoalHooks(TrainHooks):
 
     def load_head(self, policy, path: Path) -> dict:
         """The head `train_and_keep_head` saved at `path`, built for `policy` and loaded; returns the saved dict
-        (its units, `mean` and `std`, and `targets`)."""
+        (`record`'s: its units, `mean` and `std`, and what it answers)."""
         saved = torch.load(path)
         self.build_head(policy).load_state_dict(saved["head"])
         self.head.eval()

@@ -83,8 +83,8 @@ class GoalStateHooks(AuxGoalHooks):
 
 @dataclass(frozen=True)
 class GoalFedFactory(agent_module.AgentFactory):
-    """`AgentFactory` whose checkpoint agents read their head's goal, as `GoalStateHooks` trained them (picklable:
-    evaluation workers build their agents through it too)."""
+    """`AgentFactory` whose checkpoint agents read their head's answers (those the run fed: the head file's `feed`),
+    as `GoalStateHooks` trained them (picklable: evaluation workers build their agents through it too)."""
 
     def __call__(self):
         agent = super().__call__()
