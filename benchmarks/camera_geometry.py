@@ -1,6 +1,7 @@
 """Where the cameras stand: which Meta-World cameras see each task's goal and object, and how well a pair locates them.
 
     .venv/bin/python benchmarks/camera_geometry.py [--tasks mt10] [--sets corner2+gripperPOV,...] [--starts 20]
+    .venv/bin/python benchmarks/camera_geometry.py --tasks mt50 --name metaworld_camera_geometry_mt50
 
 The goal heads (docs/benchmarks.md) locate goals on the table or on large objects to under a centimetre but miss
 reach's and pick-place's goals, which float in the air, by ~5 cm. One camera sees a point only up to its depth along
@@ -117,6 +118,7 @@ def main() -> None:
     parser.add_argument("--sets", default=",".join(SETS), help="camera sets, cameras joined by +, sets by commas")
     parser.add_argument("--starts", type=int, default=20, help="evaluation starts per task (seed 1000)")
     parser.add_argument("--image_size", type=int, default=64)
+    parser.add_argument("--name", default="metaworld_camera_geometry", help="the result's name in benchmarks/results")
     args = parser.parse_args()
     sets = [group.split("+") for group in args.sets.split(",")]
     cameras = list(dict.fromkeys(c for group in sets for c in group))
@@ -135,9 +137,9 @@ def main() -> None:
         for group in args.sets.split(","):
             mean[group] = round(float(np.mean([r[group] for r in rows if r["target"] == target])), 2)
         rows.append(mean)
-    machine = {"script": "benchmarks/camera_geometry.py", "starts": args.starts, "seed": 1000,
+    machine = {"script": "benchmarks/camera_geometry.py", "tasks": args.tasks, "starts": args.starts, "seed": 1000,
                "image_size": args.image_size, "unit": "pixels per cm, worst direction, median over starts"}  # fmt: skip
-    report("metaworld_camera_geometry", machine, rows, {k: k for k in rows[0]})
+    report(args.name, machine, rows, {k: k for k in rows[0]})
 
 
 if __name__ == "__main__":
