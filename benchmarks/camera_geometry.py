@@ -36,7 +36,7 @@ import mujoco  # after MUJOCO_GL
 
 from benchmarks.pilot_oracle import GOAL, OBJECT
 from benchmarks.report import report
-from smolvla.sim.metaworld_env import MetaWorldConfig, MetaWorldEnv
+from smolvla.sim.metaworld_env import MetaWorldConfig, MetaWorldEnv, SimError
 from smolvla.sim.rollout import episode_seed
 from smolvla.sim.tasks import resolve_tasks
 
@@ -122,11 +122,10 @@ def main() -> None:
     args = parser.parse_args()
     sets = [group.split("+") for group in args.sets.split(",")]
     cameras = list(dict.fromkeys(c for group in sets for c in group))
-    probe = MetaWorldEnv(MetaWorldConfig(task="reach", cameras=()))
-    known = [probe.sim.model.camera(i).name for i in range(probe.sim.model.ncam)]
-    probe.close()
-    if unknown := [c for c in cameras if c not in known]:
-        sys.exit(f"camera_geometry: unknown camera(s) {unknown}; Meta-World's cameras: {known}")
+    try:  # the environment's own check names the unknown cameras and the valid ones
+        MetaWorldEnv(MetaWorldConfig(task="reach", image_size=8, cameras=tuple(cameras))).close()
+    except SimError as error:
+        sys.exit(f"camera_geometry: {error}")
     if args.starts < 1 or args.image_size < 8:
         sys.exit(f"camera_geometry: --starts must be ≥ 1 and --image_size ≥ 8, got {args.starts}, {args.image_size}")
     rows = [
@@ -134,8 +133,8 @@ def main() -> None:
     ]
     for target in ("goal", "object"):
         mean = {"task": "mean", "target": target, "seen by (% of starts)": ""}
-        for group in args.sets.split(","):
-            mean[group] = round(float(np.mean([r[group] for r in rows if r["target"] == target])), 2)
+        for name in ("+".join(group) for group in sets):
+            mean[name] = round(float(np.mean([r[name] for r in rows if r["target"] == target])), 2)
         rows.append(mean)
     machine = {"script": "benchmarks/camera_geometry.py", "tasks": args.tasks, "starts": args.starts, "seed": 1000,
                "image_size": args.image_size, "unit": "pixels per cm, worst direction, median over starts"}  # fmt: skip
