@@ -15,14 +15,18 @@ whether the tower learnt to locate the goal or only to recognise its training sc
 With `--goal_scenes N` the head also learns from N fresh starts per task (rendered once, when training starts; goal and
 object recorded, no actions): fifty demonstrations show the tower fifty goals, which it can memorise; thousands of
 goals can only be fitted by locating the marker. A batch of them (as large as the training batch) goes through the
-tower and the head at every micro-batch, so the tower is taught to locate on scenes the policy never imitates.
+tower and the head at every micro-batch (`--scene_batch` fewer), so the tower is taught to locate on scenes the
+policy never imitates. `--compile` compiles the policy's loss (patches included) and the scenes' tower pass: the
+recipe's own `compile_model` would also trace the head's bookkeeping, so it stays false.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import sys
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -49,28 +53,51 @@ PRINT_EVERY = 250  # micro-batches
 SCENE_SEED = 5000  # the goal scenes' starts: apart from collection's (seed 0) and the evaluations' (1000, 3000)
 
 
-def goal_scenes(recipe, per_task: int) -> tuple[dict[str, Tensor], Tensor]:
-    """`per_task` fresh starts of every task as the recipe's cameras see them ({camera: (N, 3, H, W) uint8}) and
-    their 39-D states (N, 39): many more goals than the demonstrations show, for the head alone."""
+def task_scenes(recipe, task: str, per_task: int) -> tuple[dict[str, Tensor], Tensor]:
+    """`per_task` fresh starts of `task` as the recipe's cameras see them ({camera: (N, 3, H, W) uint8}) and their
+    39-D states (N, 39)."""
+    torch.set_num_threads(1)
     frames: dict[str, list[Tensor]] = {camera: [] for camera in recipe.collect.cameras}
     states = []
-    for task in resolve_tasks(recipe.tasks):
-        env = MetaWorldEnv(bench_metaworld.env_config(recipe, task))
-        for start in range(per_task):
-            observation, _ = env.reset(seed=episode_seed(SCENE_SEED, task, start))
-            for camera, pixels in observation["pixels"].items():
-                frames[camera].append(torch.from_numpy(pixels).permute(2, 0, 1))
-            states.append(torch.from_numpy(observation["environment_state"]))
-        env.close()
-    print(f"[aux] {len(states)} goal scenes rendered", flush=True)
+    env = MetaWorldEnv(bench_metaworld.env_config(recipe, task))
+    for start in range(per_task):
+        observation, _ = env.reset(seed=episode_seed(SCENE_SEED, task, start))
+        for camera, pixels in observation["pixels"].items():
+            frames[camera].append(torch.from_numpy(pixels).permute(2, 0, 1))
+        states.append(torch.from_numpy(observation["environment_state"]))
+    env.close()
     return {camera: torch.stack(f) for camera, f in frames.items()}, torch.stack(states)
+
+
+def goal_scenes(recipe, per_task: int) -> tuple[dict[str, Tensor], Tensor]:
+    """`task_scenes` for every task, rendered by the recipe's collection workers (spawned: MuJoCo's GL context does
+    not survive a fork) before training starts, when the cores are free: many more goals than the demonstrations
+    show, for the head alone."""
+    tasks = resolve_tasks(recipe.tasks)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max(1, min(recipe.collect.num_workers, len(tasks))), context) as pool:
+        parts = list(pool.map(task_scenes, [recipe] * len(tasks), tasks, [per_task] * len(tasks)))
+    frames = {camera: torch.cat([part[0][camera] for part in parts]) for camera in recipe.collect.cameras}
+    states = torch.cat([part[1] for part in parts])
+    print(f"[aux] {len(states)} goal scenes rendered", flush=True)
+    return frames, states
 
 
 class AuxGoalHooks(TrainHooks):
     """Plain imitation plus a head on the camera tokens that regresses the chosen `environment_state` parts."""
 
-    def __init__(self, targets: list[str], weight: float, hidden: int = 128, render_scenes: Callable | None = None):
+    def __init__(
+        self,
+        targets: list[str],
+        weight: float,
+        hidden: int = 128,
+        render_scenes: Callable | None = None,
+        scene_batch: int | None = None,
+        compile_loss: bool = False,
+    ):
         self.targets_named, self.weight, self.hidden = targets, weight, hidden
+        self.scene_batch_size = scene_batch  # goal scenes per micro-batch (None: as many as the micro-batch's samples)
+        self.compile_loss = compile_loss
         # `goal_scenes(...)`, called when training starts: a run that only re-reports renders none.
         self.render_scenes, self.scenes = render_scenes, None
         self.draw = torch.Generator().manual_seed(SCENE_SEED)  # which scenes each micro-batch gets
@@ -129,6 +156,12 @@ class AuxGoalHooks(TrainHooks):
         self.mean, self.std = self.mean.to(policy.device), self.std.to(policy.device)
         self.scenes = self.render_scenes() if self.render_scenes else None
         embed, losses = vlm.embed_images, model.losses
+        scene_embed = embed
+        if self.compile_loss:
+            # The policy's loss and the scenes' tower pass compiled, the head's bookkeeping around them eager (the
+            # trainer's own compile would trace that too: a recompile per micro-batch count). Traced at the first
+            # call, so the loss sees every patch made by then (`feed_state`'s too).
+            losses, scene_embed = torch.compile(losses), torch.compile(embed)
 
         def embed_images(pixels: Tensor) -> Tensor:
             out = embed(pixels)
@@ -141,8 +174,9 @@ class AuxGoalHooks(TrainHooks):
             if model.training and self.features is not None and self.target is not None:
                 aux = (self.head(self.tokens(self.features, cameras)) - self.target).pow(2).mean(-1)
                 if self.scenes is not None:
-                    pixels, target = self.scene_batch(policy.config, len(aux), aux.device)
-                    aux = aux + (self.head(self.tokens(embed(pixels), cameras)) - target).pow(2).mean()
+                    size = self.scene_batch_size or len(aux)
+                    pixels, target = self.scene_batch(policy.config, size, aux.device)
+                    aux = aux + (self.head(self.tokens(scene_embed(pixels), cameras)) - target).pow(2).mean()
                 self.micro_batches, self.recent = self.micro_batches + 1, self.recent + aux.detach().mean()
                 if self.micro_batches % PRINT_EVERY == 0:  # the only host sync the head adds
                     print(
@@ -231,22 +265,32 @@ def main(make_hooks: Callable[..., AuxGoalHooks] = AuxGoalHooks, parser=None, no
     parser.add_argument("--weight", type=float, default=1.0, help="the auxiliary loss's weight")
     parser.add_argument("--starts", type=int, default=20, help="evaluation starts per task for the goal error")
     parser.add_argument("--goal_scenes", type=int, default=0, help="fresh starts per task the head also learns from")
+    parser.add_argument("--scene_batch", type=int, default=0, help="goal scenes per micro-batch (0: the batch size)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the loss and the scenes' tower pass")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     bench_metaworld.exit_on_sigterm()
     targets = args.targets.split(",")
-    if "goal" not in targets or any(t not in TARGETS for t in targets) or not args.weight > 0 or args.goal_scenes < 0:
+    if (
+        "goal" not in targets
+        or any(t not in TARGETS for t in targets)
+        or not args.weight > 0
+        or args.goal_scenes < 0
+        or args.scene_batch < 0
+    ):
         sys.exit(
             f"{parser.prog}: --targets must include goal and name only {sorted(TARGETS)}; --weight must be > 0; "
-            "--goal_scenes must be >= 0"
+            "--goal_scenes and --scene_batch must be >= 0"
         )
     recipe = bench_metaworld.Recipe.load(args.config)
     if recipe.train.get("policy", {}).get("compile_model"):
-        sys.exit(f"{parser.prog}: {args.config} must not compile (the head reads the tower's output eagerly)")
+        sys.exit(f"{parser.prog}: {args.config} must not set compile_model (use --compile: it leaves the head eager)")
     render = (lambda: goal_scenes(recipe, args.goal_scenes)) if args.goal_scenes else None
     try:
-        hooks = make_hooks(targets, args.weight, render_scenes=render)
+        hooks = make_hooks(
+            targets, args.weight, render_scenes=render, scene_batch=args.scene_batch or None, compile_loss=args.compile
+        )
     except ConfigError as error:
         sys.exit(f"{parser.prog}: {error}")
     trainer.make_optimizer = hooks.extend_optimizer(trainer.make_optimizer)
@@ -256,7 +300,9 @@ def main(make_hooks: Callable[..., AuxGoalHooks] = AuxGoalHooks, parser=None, no
     except ConfigError as error:
         sys.exit(f"{parser.prog}: {error}")
     errors = goal_error(policy, Path(recipe.output_dir) / "train" / HEAD, hooks, recipe, args.starts)
-    notes = {"aux_targets": targets, "aux_weight": args.weight, "goal_scenes": args.goal_scenes, "goal_error": errors,
+    notes = {"aux_targets": targets, "aux_weight": args.weight, "goal_scenes": args.goal_scenes,
+             "scene_batch": args.scene_batch or recipe.train.get("batch_size"), "compiled": args.compile,
+             "goal_error": errors,
              **(notes or {})}  # fmt: skip
     bench_metaworld.run(recipe, notes=notes)
 

@@ -122,3 +122,37 @@ def test_evaluation_agents_are_built_with_the_runs_head(tmp_path):
     hooks.feed_state(plain.policy)
     np.testing.assert_allclose(chunk(fed), chunk(plain), atol=1e-5)
     assert not np.allclose(chunk(fed), unfed, atol=1e-3)
+
+
+def test_compiled_loss_with_fewer_scenes_matches_eager():
+    """`--compile` traces the policy's loss through the pilot's patches (the tower's tokens kept for the head, the
+    answers fed into the state) and must give eager's loss and gradients; `--scene_batch` sets how many goal scenes
+    each micro-batch adds, whatever the batch size."""
+    rng = torch.Generator().manual_seed(2)
+    frames = {c: torch.randint(0, 255, (6, 3, 32, 32), generator=rng, dtype=torch.uint8) for c in CAMERAS}
+    scenes, env_state = (frames, torch.randn(6, 39, generator=rng)), torch.randn(3, 39, generator=rng)
+
+    def train_step(compile_loss: bool) -> tuple[torch.Tensor, list[torch.Tensor], list[int]]:
+        policy = tiny_policy()
+        batch = make_batch(policy, 3, 8, "cpu")
+        noise, time = policy.sample_noise_and_time(3, torch.Generator().manual_seed(1))
+        hooks = pilot_goal_state.GoalStateHooks(["goal", "object"], weight=0.5, feed=("goal", "object"),
+                                                render_scenes=lambda: scenes, scene_batch=2,
+                                                compile_loss=compile_loss)  # fmt: skip
+        hooks.mean, hooks.std = torch.zeros(6), torch.ones(6)
+        drawn, draw = [], hooks.scene_batch
+        hooks.scene_batch = lambda config, size, device: drawn.append(size) or draw(config, size, device)
+        hooks.attach(policy, None)
+        hooks.targets({pilot_aux_goal.ENV_STATE: env_state}, batch, noise, time, 0)
+        loss = policy.train().compute_loss(batch, noise=noise, time=time)
+        loss.backward()
+        grads = [p.grad.clone() for p in [*hooks.head.parameters(), *policy.parameters()] if p.grad is not None]
+        return loss.detach(), grads, drawn
+
+    eager, eager_grads, eager_drawn = train_step(False)
+    compiled, compiled_grads, compiled_drawn = train_step(True)
+    assert eager_drawn == compiled_drawn == [2]
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-4)
+    assert len(compiled_grads) == len(eager_grads) > 2
+    for c, e in zip(compiled_grads, eager_grads, strict=True):
+        torch.testing.assert_close(c, e, atol=1e-4, rtol=1e-3)
