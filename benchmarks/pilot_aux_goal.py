@@ -56,7 +56,6 @@ SCENE_SEED = 5000  # the goal scenes' starts: apart from collection's (seed 0) a
 def task_scenes(recipe, task: str, per_task: int) -> tuple[dict[str, Tensor], Tensor]:
     """`per_task` fresh starts of `task` as the recipe's cameras see them ({camera: (N, 3, H, W) uint8}) and their
     39-D states (N, 39)."""
-    torch.set_num_threads(1)
     frames: dict[str, list[Tensor]] = {camera: [] for camera in recipe.collect.cameras}
     states = []
     env = MetaWorldEnv(bench_metaworld.env_config(recipe, task))
@@ -75,7 +74,9 @@ def goal_scenes(recipe, per_task: int) -> tuple[dict[str, Tensor], Tensor]:
     show, for the head alone."""
     tasks = resolve_tasks(recipe.tasks)
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max(1, min(recipe.collect.num_workers, len(tasks))), context) as pool:
+    workers = max(1, min(recipe.collect.num_workers, len(tasks)))
+    # One torch thread per worker: they share the cores (as `smolvla.sim.rollout`'s workers do).
+    with ProcessPoolExecutor(workers, context, torch.set_num_threads, (1,)) as pool:
         parts = list(pool.map(task_scenes, [recipe] * len(tasks), tasks, [per_task] * len(tasks)))
     frames = {camera: torch.cat([part[0][camera] for part in parts]) for camera in recipe.collect.cameras}
     states = torch.cat([part[1] for part in parts])
@@ -92,11 +93,11 @@ class AuxGoalHooks(TrainHooks):
         weight: float,
         hidden: int = 128,
         render_scenes: Callable | None = None,
-        scene_batch: int | None = None,
+        scene_batch_size: int | None = None,
         compile_loss: bool = False,
     ):
         self.targets_named, self.weight, self.hidden = targets, weight, hidden
-        self.scene_batch_size = scene_batch  # goal scenes per micro-batch (None: as many as the micro-batch's samples)
+        self.scene_batch_size = scene_batch_size  # goal scenes per micro-batch (None: as many as its samples)
         self.compile_loss = compile_loss
         # `goal_scenes(...)`, called when training starts: a run that only re-reports renders none.
         self.render_scenes, self.scenes = render_scenes, None
@@ -289,7 +290,11 @@ def main(make_hooks: Callable[..., AuxGoalHooks] = AuxGoalHooks, parser=None, no
     render = (lambda: goal_scenes(recipe, args.goal_scenes)) if args.goal_scenes else None
     try:
         hooks = make_hooks(
-            targets, args.weight, render_scenes=render, scene_batch=args.scene_batch or None, compile_loss=args.compile
+            targets,
+            args.weight,
+            render_scenes=render,
+            scene_batch_size=args.scene_batch or None,
+            compile_loss=args.compile,
         )
     except ConfigError as error:
         sys.exit(f"{parser.prog}: {error}")

@@ -137,7 +137,7 @@ def test_compiled_loss_with_fewer_scenes_matches_eager():
         batch = make_batch(policy, 3, 8, "cpu")
         noise, time = policy.sample_noise_and_time(3, torch.Generator().manual_seed(1))
         hooks = pilot_goal_state.GoalStateHooks(["goal", "object"], weight=0.5, feed=("goal", "object"),
-                                                render_scenes=lambda: scenes, scene_batch=2,
+                                                render_scenes=lambda: scenes, scene_batch_size=2,
                                                 compile_loss=compile_loss)  # fmt: skip
         hooks.mean, hooks.std = torch.zeros(6), torch.ones(6)
         drawn, draw = [], hooks.scene_batch
