@@ -7,7 +7,7 @@ instruction, evaluated on each task told its own instruction and told its partne
 
 Collection and training are `bench_metaworld`'s stages (resumable); each evaluation cell is kept once finished
 (`<out>/eval/<task>/<own|partner>/eval_info.json`). Prints the swap matrix and writes
-benchmarks/results/language_swap.json.
+benchmarks/results/<recipe name>.json.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def main() -> None:
                "wall_s": {k: v["seconds"] for k, v in log.data.items()}}  # fmt: skip
     columns = {"task (scene)": "task", "told its own instruction %": "own", "told its partner's %": "partner",
                "partner's instruction": "partner_instruction"}  # fmt: skip
-    report("language_swap", machine, rows, columns)
+    report(recipe.name, machine, rows, columns)
 
 
 if __name__ == "__main__":
