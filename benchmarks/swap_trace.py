@@ -33,13 +33,15 @@ from smolvla.eval.agent import BUILTIN_AGENTS, AgentFactory
 from smolvla.sim.metaworld_env import MetaWorldEnv
 from smolvla.sim.rollout import episode_seed, run_episode
 from smolvla.sim.tasks import instruction, resolve_tasks
+from smolvla.train.checkpoint import LAST, PRETRAINED_MODEL, checkpoints_dir
 
 CLOSED = 0.5  # the state's gripper opening: 1 open, ~0.27 closed on nothing
 
 
 def trace(agent, recipe: Recipe, task: str, told: str, episodes: int) -> dict:
     """`episodes` rollouts of `task` told `told`'s instruction, summarised (hand and object heights in cm)."""
-    env = MetaWorldEnv(dataclasses.replace(env_config(recipe, task), instruction=instruction(told)))
+    told_config = {"instruction": instruction(told), "max_steps": recipe.eval.max_steps}  # as the evaluation's cell
+    env = MetaWorldEnv(dataclasses.replace(env_config(recipe, task), **told_config))
     rows = []
     for index in range(episodes):
         episode = run_episode(env, agent, episode_seed(recipe.eval.seed, task, index), index, record=True)
@@ -67,7 +69,7 @@ def main() -> None:
     tasks = args.tasks.split(",") if args.tasks else list(partners)
     if any(task not in partners for task in tasks):
         sys.exit(f"{parser.prog}: --tasks must be among {list(partners)}")
-    policy = args.policy or str(Path(recipe.output_dir) / "train" / "checkpoints" / "last" / "pretrained_model")
+    policy = args.policy or str(checkpoints_dir(Path(recipe.output_dir) / "train") / LAST / PRETRAINED_MODEL)
     try:
         agent = AgentFactory(policy)()
     except ConfigError as error:
