@@ -54,6 +54,9 @@ class CollectRecipe:
     image_size: int = 64
     cameras: tuple[str, ...] = ("corner2", "gripperPOV")
     camera_pose: str = "metaworld"  # where corner2 stands ("lerobot": closer); evaluation renders the same
+    # Tasks whose demonstrations start the articulated part anywhere short of success (`--env.vary_joint_start`);
+    # evaluation keeps Meta-World's own starts.
+    vary_joint_start: tuple[str, ...] = ()
     num_workers: int = 2
 
 
@@ -87,6 +90,8 @@ class Recipe:
         recipe = apply_mapping(cls(), raw)
         recipe.train, recipe.task_weights = train, weights
         tasks = resolve_tasks(recipe.tasks)
+        if not set(recipe.collect.vary_joint_start) <= set(tasks):
+            raise ConfigError(f"{path}: collect.vary_joint_start must name tasks of the recipe ({', '.join(tasks)})")
         valid = isinstance(weights, dict) and all(
             task in tasks and isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0
             for task, w in weights.items()
@@ -148,7 +153,8 @@ def collect_stage(recipe: Recipe, tasks: list[str], out: Path, log: StageLog) ->
     roots = []
     for task in tasks:
         root = out / "data" / task
-        config = CollectConfig(env=env_config(recipe, task), episodes_per_task=recipe.collect.episodes_per_task,
+        env = dataclasses.replace(env_config(recipe, task), vary_joint_start=task in recipe.collect.vary_joint_start)
+        config = CollectConfig(env=env, episodes_per_task=recipe.collect.episodes_per_task,
                                output_dir=str(root), num_workers=recipe.collect.num_workers)  # fmt: skip
         roots.append(str(root))
         if collected_with(root, config):

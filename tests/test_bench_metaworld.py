@@ -21,6 +21,7 @@ from smolvla.errors import ConfigError
 from smolvla.keys import STATE_KEY
 from smolvla.model.backbone import BACKBONE_PRESETS, TINY_BACKBONE
 from smolvla.policy import SmolVLAPolicy
+from smolvla.sim import collect as collect_module
 from smolvla.sim.collect import COLLECT_META
 from smolvla.sim.metaworld_env import MetaWorldConfig, MetaWorldEnv
 from smolvla.sim.tasks import resolve_tasks
@@ -289,3 +290,21 @@ def test_goal_scenes_teach_the_head_on_fresh_starts_as_the_cameras_saw_them(tmp_
         pixels = torch.nn.functional.interpolate(frames["corner2"][pick].float() / 255, size=(64, 64), mode="bilinear")
         scene_error = (hooks.head(embed(pixels * 2 - 1).flatten(1)) - goals[pick] / 0.1).pow(2).mean()
     torch.testing.assert_close(told.detach() - plain.detach(), 0.5 * (demo_error + scene_error), atol=1e-4, rtol=1e-4)
+
+
+def test_varied_joint_starts_reach_only_the_named_tasks_collection(tmp_path, monkeypatch):
+    """`collect.vary_joint_start` turns the env setting on for the tasks it names, at collection only (evaluation keeps
+    Meta-World's starts); naming a task outside the recipe is one clear error."""
+    path = tmp_path / "recipe.yaml"
+    text = RECIPE.replace("drawer-close,button-press", "handle-press,handle-pull")
+    path.write_text(text.replace("num_workers: 1}", "num_workers: 1, vary_joint_start: [handle-pull]}", 1))
+    recipe = bench_metaworld.Recipe.load(path)
+    seen = {}
+    monkeypatch.setattr(collect_module, "collect", lambda config: seen.update({config.env.task: config.env}))
+    log = bench_metaworld.StageLog(tmp_path)
+    bench_metaworld.collect_stage(recipe, resolve_tasks(recipe.tasks), tmp_path / "out", log)
+    assert {task: env.vary_joint_start for task, env in seen.items()} == {"handle-press": False, "handle-pull": True}
+    assert not bench_metaworld.eval_config(recipe, tmp_path, "handle-pull", tmp_path).env.vary_joint_start
+    path.write_text(text.replace("num_workers: 1}", "num_workers: 1, vary_joint_start: [reach]}", 1))
+    with pytest.raises(ConfigError, match=r"collect\.vary_joint_start must name tasks of the recipe"):
+        bench_metaworld.Recipe.load(path)

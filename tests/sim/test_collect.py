@@ -10,7 +10,7 @@ from smolvla.data import video as video_module
 from smolvla.data.meta import read_parquet
 from smolvla.errors import ConfigError
 from smolvla.sim import collect as collect_module
-from smolvla.sim.collect import COLLECT_META, CollectConfig, collect
+from smolvla.sim.collect import COLLECT_META, CollectConfig, collect, collected_with
 from smolvla.sim.metaworld_env import MetaWorldConfig, MetaWorldEnv
 from smolvla.sim.tasks import instruction
 
@@ -138,3 +138,18 @@ def test_a_hung_av1_encoder_is_restarted_with_h264(tmp_path, monkeypatch, capsys
 def test_existing_output_is_not_overwritten(collected):
     with pytest.raises(ConfigError, match="already exists"):
         collect(small_config(collected), progress=False)
+
+
+def test_varied_joint_starts_are_part_of_what_a_dataset_was_collected_with(collected, tmp_path):
+    """A dataset collected with Meta-World's own starts is not taken for one with varied starts (the benchmark driver
+    would otherwise keep the wrong data); asking for varied starts on tasks without a joint range is refused before
+    anything is written."""
+    assert collected_with(collected, small_config(collected))
+    varied = small_config(collected)
+    varied.env.vary_joint_start = True
+    assert not collected_with(collected, varied)
+    bad = small_config(tmp_path / "demos")
+    bad.env.vary_joint_start = True
+    with pytest.raises(ConfigError, match=r"vary_joint_start is defined for .* not for \['reach', 'push'\]"):
+        collect(bad, progress=False)
+    assert not any(tmp_path.iterdir())

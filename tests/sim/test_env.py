@@ -152,3 +152,25 @@ def test_blind_agents_skip_rendering(env):
     assert episode.frames is None
     assert env.reset(seed=0)[0]["pixels"] == {}  # rendering stays off until an agent that looks needs it
     env.render_pixels = True
+
+
+@pytest.mark.parametrize(("task", "low_cm", "high_cm"), [("handle-pull", 6.3, 10.5), ("handle-press", 11.1, 17.2)])
+def test_varied_joint_starts_place_the_handle_short_of_success_by_seed(task, low_cm, high_cm):
+    """`vary_joint_start` draws the handle's start from the episode's seed inside its range (the state's "previous
+    frame" agrees, as after Meta-World's own reset); no start is already a success, and the expert still succeeds
+    from them. Off, the handle starts where Meta-World puts it, at one height (its box moves by a millimetre)."""
+    fixed = MetaWorldEnv(MetaWorldConfig(task=task, cameras=()))
+    varied = MetaWorldEnv(MetaWorldConfig(task=task, cameras=(), vary_joint_start=True))
+    fixed.render_pixels = varied.render_pixels = False
+    own = [100 * fixed.reset(seed=seed)[0]["environment_state"][6] for seed in range(6)]
+    heights = []
+    for seed in range(6):
+        state = varied.reset(seed=seed)[0]["environment_state"]
+        assert np.array_equal(state[4:7], state[22:25])
+        assert np.array_equal(varied.reset(seed=seed)[0]["environment_state"], state)
+        heights.append(100 * state[6])
+        assert not varied.step(np.zeros(4, dtype=np.float32))[4]["success"]
+    assert all(low_cm <= h <= high_cm for h in heights) and np.ptp(heights) > 2.0 > 0.2 > np.ptp(own), (heights, own)
+    assert run_episode(varied, ExpertAgent(), 3, 0).success
+    with pytest.raises(SimError, match=r"vary_joint_start is defined for .*'handle-pull'.*not 'reach'"):
+        MetaWorldEnv(task="reach", cameras=(), vary_joint_start=True)

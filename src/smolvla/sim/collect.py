@@ -26,7 +26,7 @@ from smolvla.data.video import VideoEncoderHangError, VideoSettings
 from smolvla.data.writer import DatasetWriter
 from smolvla.errors import ConfigError
 from smolvla.sim.agents import ExpertAgent
-from smolvla.sim.metaworld_env import MetaWorldConfig, MetaWorldEnv, SimError
+from smolvla.sim.metaworld_env import JOINT_STARTS, MetaWorldConfig, MetaWorldEnv, SimError
 from smolvla.sim.rollout import Episode, Job, episode_seed, run_jobs
 from smolvla.sim.tasks import instruction, resolve_tasks
 
@@ -87,6 +87,7 @@ def _config_record(config: CollectConfig, tasks: list[str]) -> dict[str, Any]:
         ("light_scale", 1.0),
         ("instruction", None),
         ("camera_pose", "metaworld"),
+        ("vary_joint_start", False),
     ):
         if record["env"][key] == neutral:  # recorded as before these settings existed
             record["env"].pop(key)
@@ -133,6 +134,8 @@ def collect(config: CollectConfig, progress: bool = True) -> Path:
     tasks = resolve_tasks(config.env.task)
     if config.episodes_per_task < 1 or config.max_attempts_factor < 1:
         raise ConfigError("episodes_per_task and max_attempts_factor must be >= 1")
+    if config.env.vary_joint_start and (fixed := [task for task in tasks if task not in JOINT_STARTS]):
+        raise ConfigError(f"env.vary_joint_start is defined for {sorted(JOINT_STARTS)}, not for {fixed}")
     root = Path(config.output_dir)
     if root.exists() and not config.overwrite:
         raise ConfigError(f"{root} already exists; pass --overwrite=true or choose another --output_dir")

@@ -37,6 +37,14 @@ CONTROL_FPS = 80  # every Meta-World task: 2.5 ms physics step x frame_skip 5 = 
 STATE_NAMES = ["x", "y", "z", "gripper"]
 ACTION_NAMES = ["dx", "dy", "dz", "gripper"]
 LEROBOT_CORNER2_POS = (0.75, 0.075, 0.7)
+# Task → (qpos index, low, high): where the task's articulated part may start under `vary_joint_start`, always short
+# of the task's success (a pull starts below the pulled height it must reach, a press above the pressed one). Meta-World
+# itself starts each at one end of its travel: every pull demonstration then shows a low handle and every press a raised
+# one, and a policy can tell the two apart by the scene alone.
+JOINT_STARTS = {
+    "handle-press": (9, -0.06, -0.001),  # handle top 11.2-17.1 cm; pressed (success) at 9.5 cm or below
+    "handle-pull": (9, -0.1, -0.06),  # handle 6.4-10.4 cm; pulled (success) at 12.2 cm or above
+}
 GL_HELP = (
     "MuJoCo needs an offscreen OpenGL backend: run with MUJOCO_GL=egl (the default smolvla sets when the variable is "
     "unset) and, on Debian/Ubuntu, install `libegl1 libegl-mesa0 libgl1-mesa-dri` (Mesa's software renderer works "
@@ -84,6 +92,9 @@ class MetaWorldConfig:
     # What the policy is told instead of the task's own instruction (none: the task's): e.g. a paired task's
     # instruction in the same scene, to check that language, not the scene, decides what the policy does.
     instruction: str | None = None
+    # Start the task's articulated part anywhere on its travel short of success (tasks in JOINT_STARTS), drawn from
+    # the episode's seed: more varied demonstrations, so a policy must find the handle where it is, not where it was.
+    vary_joint_start: bool = False
 
     @classmethod
     def lerobot(cls, task: str) -> MetaWorldConfig:
@@ -130,6 +141,8 @@ class MetaWorldEnv(gym.Env):
         if config.instruction is not None and not config.instruction.strip():
             raise SimError("instruction must be a non-empty sentence (or unset for the task's own)")
         self.instruction = config.instruction or instruction(self.task)
+        if config.vary_joint_start and self.task not in JOINT_STARTS:
+            raise SimError(f"vary_joint_start is defined for {sorted(JOINT_STARTS)}, not {self.task!r}")
         metaworld = _import_metaworld()
         sim = metaworld.env_dict.ALL_V3_ENVIRONMENTS[f"{self.task}-v3"]()
         # Goal-observable multi-task mode (what MT1/MT10/MT50 use and the experts need), new goal at every reset
@@ -203,12 +216,26 @@ class MetaWorldEnv(gym.Env):
             seed = int(self.np_random.integers(2**31))
         self.sim.seed(int(seed))
         state, _ = self.sim.reset()
+        if self.config.vary_joint_start:
+            state = self._vary_joint_start(int(seed))
         # Meta-World moves the goal marker only inside step(): without this the first image of an episode shows
         # the previous episode's goal, so the same seed would render differently depending on history.
         for site, position in self.sim._target_site_config:
             self.sim._set_pos_site(site, position)
         self._steps = 0
         return self._observation(state), {"task": self.task, "instruction": self.instruction, "seed": int(seed)}
+
+    def _vary_joint_start(self, seed: int) -> np.ndarray:
+        """Move the articulated part to a seeded point of its JOINT_STARTS range; the state as if it started there."""
+        index, low, high = JOINT_STARTS[self.task]
+        sim = self.sim
+        qpos, qvel = sim.data.qpos.copy(), sim.data.qvel.copy()
+        qpos[index], qvel[index] = np.random.default_rng([seed, index]).uniform(low, high), 0.0
+        sim.set_state(qpos, qvel)
+        if hasattr(sim, "_handle_init_pos"):  # handle-press measures its reward from the handle's start
+            sim._handle_init_pos = sim._get_pos_objects()
+        sim._prev_obs = sim._get_curr_obs_combined_no_goal()  # the 39-d state repeats the first frame as "previous"
+        return sim._get_obs()
 
     def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
         action = np.asarray(action, dtype=np.float32).reshape(-1)
