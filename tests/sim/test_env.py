@@ -172,5 +172,7 @@ def test_varied_joint_starts_place_the_handle_short_of_success_by_seed(task, low
         assert not varied.step(np.zeros(4, dtype=np.float32))[4]["success"]
     assert all(low_cm <= h <= high_cm for h in heights) and np.ptp(heights) > 2.0 > 0.2 > np.ptp(own), (heights, own)
     assert run_episode(varied, ExpertAgent(), 3, 0).success
+    fixed.close()
+    varied.close()
     with pytest.raises(SimError, match=r"vary_joint_start is defined for .*'handle-pull'.*not 'reach'"):
         MetaWorldEnv(task="reach", cameras=(), vary_joint_start=True)
