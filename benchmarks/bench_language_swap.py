@@ -57,6 +57,22 @@ def swap_stage(recipe: Recipe, policy: Path, tasks: list[str], out: Path, log: S
     return rows
 
 
+def run(recipe: Recipe, notes: dict | None = None) -> list[dict]:
+    """Collect, train and the swap matrix, every finished piece of an earlier run reused; `notes` (what else shaped
+    the run: a pilot's head) are recorded beside the recipe in the result JSON."""
+    out = Path(recipe.output_dir)
+    tasks, log = resolve_tasks(recipe.tasks), StageLog(out)
+    pairs_of(tasks)  # checked before anything runs
+    policy = train_stage(recipe, collect_stage(recipe, tasks, out, log), out, log)
+    rows = swap_stage(recipe, policy, tasks, out, log)
+    machine = {"recipe": dataclasses.asdict(recipe), "policy": str(policy),
+               "wall_s": {k: v["seconds"] for k, v in log.data.items()}, **(notes or {})}  # fmt: skip
+    columns = {"task (scene)": "task", "told its own instruction %": "own", "told its partner's %": "partner",
+               "partner's instruction": "partner_instruction"}  # fmt: skip
+    report(recipe.name, machine, rows, columns)
+    return rows
+
+
 def main() -> None:
     import torch
 
@@ -68,16 +84,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     recipe = Recipe.load(args.config)
     recipe.output_dir = args.output_dir or recipe.output_dir
-    out = Path(recipe.output_dir)
-    tasks, log = resolve_tasks(recipe.tasks), StageLog(out)
-    pairs_of(tasks)  # checked before anything runs
-    policy = train_stage(recipe, collect_stage(recipe, tasks, out, log), out, log)
-    rows = swap_stage(recipe, policy, tasks, out, log)
-    machine = {"recipe": dataclasses.asdict(recipe), "policy": str(policy),
-               "wall_s": {k: v["seconds"] for k, v in log.data.items()}}  # fmt: skip
-    columns = {"task (scene)": "task", "told its own instruction %": "own", "told its partner's %": "partner",
-               "partner's instruction": "partner_instruction"}  # fmt: skip
-    report(recipe.name, machine, rows, columns)
+    run(recipe)
 
 
 if __name__ == "__main__":

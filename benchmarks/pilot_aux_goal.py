@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks import bench_metaworld
+from benchmarks import bench_language_swap, bench_metaworld
 from benchmarks.pilot_oracle import GOAL, OBJECT
 from smolvla.errors import ConfigError
 from smolvla.eval.agent import SmolVLAAgent
@@ -268,6 +268,7 @@ def main(make_hooks: Callable[..., AuxGoalHooks] = AuxGoalHooks, parser=None, no
     parser.add_argument("--goal_scenes", type=int, default=0, help="fresh starts per task the head also learns from")
     parser.add_argument("--scene_batch", type=int, default=0, help="goal scenes per micro-batch (0: the batch size)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the loss and the scenes' tower pass")
+    parser.add_argument("--swap", action="store_true", help="evaluate bench_language_swap's matrix (tasks in pairs)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -285,6 +286,11 @@ def main(make_hooks: Callable[..., AuxGoalHooks] = AuxGoalHooks, parser=None, no
             "--goal_scenes and --scene_batch must be >= 0"
         )
     recipe = bench_metaworld.Recipe.load(args.config)
+    if args.swap:
+        try:
+            bench_language_swap.pairs_of(resolve_tasks(recipe.tasks))
+        except ConfigError as error:
+            sys.exit(f"{parser.prog}: {error}")
     if recipe.train.get("policy", {}).get("compile_model"):
         sys.exit(f"{parser.prog}: {args.config} must not set compile_model (use --compile: it leaves the head eager)")
     render = (lambda: goal_scenes(recipe, args.goal_scenes)) if args.goal_scenes else None
@@ -309,7 +315,10 @@ def main(make_hooks: Callable[..., AuxGoalHooks] = AuxGoalHooks, parser=None, no
              "scene_batch": args.scene_batch or recipe.train.get("batch_size"), "compiled": args.compile,
              "goal_error": errors,
              **(notes or {})}  # fmt: skip
-    bench_metaworld.run(recipe, notes=notes)
+    if args.swap:
+        bench_language_swap.run(recipe, notes)
+    else:
+        bench_metaworld.run(recipe, notes=notes)
 
 
 if __name__ == "__main__":

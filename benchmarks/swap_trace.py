@@ -10,7 +10,8 @@ it, counts as not following language. The trace tells two failures apart: the wr
 the scene's task needs) and the right skill run where its demonstrations went (the pull's grasp, driven down to
 where a pulled handle always sat, which presses a raised one). Same starts as the evaluation (its seed). Writes
 benchmarks/results/<recipe name>_trace.json (`_trace_expert.json` for `--policy expert`: the scripted expert, which
-reads the task from the instruction, as the reference).
+reads the task from the instruction, as the reference). A run of `pilot_goal_state.py --swap` is traced through its
+goal head.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_language_swap import pairs_of
 from benchmarks.bench_metaworld import Recipe, env_config
+from benchmarks.pilot_aux_goal import HEAD
+from benchmarks.pilot_goal_state import GoalFedFactory
 from benchmarks.pilot_oracle import OBJECT
 from benchmarks.report import report
 from smolvla.errors import ConfigError
@@ -69,9 +72,12 @@ def main() -> None:
     tasks = args.tasks.split(",") if args.tasks else list(partners)
     if any(task not in partners for task in tasks):
         sys.exit(f"{parser.prog}: --tasks must be among {list(partners)}")
-    policy = args.policy or str(checkpoints_dir(Path(recipe.output_dir) / "train") / LAST / PRETRAINED_MODEL)
+    run = Path(recipe.output_dir) / "train"
+    policy = args.policy or str(checkpoints_dir(run) / LAST / PRETRAINED_MODEL)
+    # A run trained by pilot_goal_state keeps its goal head beside its checkpoints: its policy acts through it.
+    factory = GoalFedFactory if (run / HEAD).is_file() else AgentFactory
     try:
-        agent = AgentFactory(policy)()
+        agent = factory(policy)()
     except ConfigError as error:
         sys.exit(f"{parser.prog}: {error} (run bench_language_swap.py with this config first)")
     rows = [trace(agent, recipe, task, told, args.episodes) for task in tasks for told in (task, partners[task])]

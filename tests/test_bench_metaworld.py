@@ -15,7 +15,7 @@ import torch
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # before MuJoCo is first imported
 
-from benchmarks import bench_metaworld, pilot_aux_goal, pilot_backbone, pilot_oracle, report
+from benchmarks import bench_language_swap, bench_metaworld, pilot_aux_goal, pilot_backbone, pilot_oracle, report
 from smolvla.bench import make_batch
 from smolvla.errors import ConfigError
 from smolvla.keys import STATE_KEY
@@ -257,6 +257,30 @@ def test_the_aux_goal_pilot_adds_a_training_only_goal_loss_and_leaves_the_checkp
     recipes = [path for path in SHIPPED if "pilot_aux_goal.py" in path.read_text()]
     assert len(recipes) >= 3
     assert not any(bench_metaworld.Recipe.load(r).train["policy"].get("compile_model") for r in recipes)
+
+
+def test_the_aux_goal_pilot_with_swap_checks_pairs_first_and_reports_the_swap_matrix(tmp_path, monkeypatch):
+    """`--swap`: tasks that do not come in pairs stop the pilot before anything runs; paired, it trains with its head
+    and hands the policy to bench_language_swap (collect and train reused), whose JSON records the pilot's notes."""
+    from smolvla.train import trainer
+
+    monkeypatch.setattr(trainer, "make_optimizer", trainer.make_optimizer)  # main wraps both: restored afterwards
+    monkeypatch.setattr(trainer, "train", trainer.train)
+    calls = []
+    monkeypatch.setattr(bench_metaworld, "run", lambda recipe, **kwargs: calls.append(kwargs) or {"policy": "p"})
+    monkeypatch.setattr(pilot_aux_goal, "goal_error", lambda *args: {"handle-press": {}})
+    monkeypatch.setattr(bench_language_swap, "run", lambda recipe, notes: calls.append({"swap": recipe.tasks, **notes}))
+    config = tmp_path / "recipe.yaml"
+    config.write_text(RECIPE.replace("drawer-close,button-press", "handle-press,handle-pull,door-lock"))
+    monkeypatch.setattr("sys.argv", ["pilot", "--config", str(config), "--swap"])
+    with pytest.raises(SystemExit, match="tasks must come in pairs that share a scene, got 3"):
+        pilot_aux_goal.main()
+    assert calls == []
+    config.write_text(RECIPE.replace("drawer-close,button-press", "handle-press,handle-pull"))
+    pilot_aux_goal.main()
+    assert calls[0] == {"stop_after": "train"}
+    assert calls[1]["swap"] == "handle-press,handle-pull" and calls[1]["aux_targets"] == ["goal", "object"]
+    assert len(calls) == 2  # no plain MT evaluation beside the swap matrix
 
 
 def test_goal_scenes_teach_the_head_on_fresh_starts_as_the_cameras_saw_them(tmp_path):
