@@ -57,6 +57,9 @@ class CollectRecipe:
     # Tasks whose demonstrations start the articulated part anywhere short of success (`--env.vary_joint_start`);
     # evaluation keeps Meta-World's own starts.
     vary_joint_start: tuple[str, ...] = ()
+    # Task → steps its demonstrations go on after their first success (`--env.steps_after_success`); evaluation
+    # still ends at success.
+    steps_after_success: dict[str, int] = field(default_factory=dict)
     num_workers: int = 2
 
 
@@ -92,6 +95,12 @@ class Recipe:
         tasks = resolve_tasks(recipe.tasks)
         if not set(recipe.collect.vary_joint_start) <= set(tasks):
             raise ConfigError(f"{path}: collect.vary_joint_start must name tasks of the recipe ({', '.join(tasks)})")
+        after = recipe.collect.steps_after_success
+        if not all(task in tasks and n >= 0 for task, n in after.items()):
+            raise ConfigError(
+                f"{path}: collect.steps_after_success must map tasks of the recipe ({', '.join(tasks)}) to steps "
+                f">= 0; got {after!r}"
+            )
         valid = isinstance(weights, dict) and all(
             task in tasks and isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0
             for task, w in weights.items()
@@ -153,7 +162,11 @@ def collect_stage(recipe: Recipe, tasks: list[str], out: Path, log: StageLog) ->
     roots = []
     for task in tasks:
         root = out / "data" / task
-        env = dataclasses.replace(env_config(recipe, task), vary_joint_start=task in recipe.collect.vary_joint_start)
+        env = dataclasses.replace(
+            env_config(recipe, task),
+            vary_joint_start=task in recipe.collect.vary_joint_start,
+            steps_after_success=recipe.collect.steps_after_success.get(task, 0),
+        )
         config = CollectConfig(env=env, episodes_per_task=recipe.collect.episodes_per_task,
                                output_dir=str(root), num_workers=recipe.collect.num_workers)  # fmt: skip
         roots.append(str(root))

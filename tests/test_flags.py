@@ -67,6 +67,28 @@ def test_bad_flags_are_named(argv, message):
     assert message in str(err.value)
 
 
+@dataclass
+class Mappings:
+    names: dict[str, str] = field(default_factory=dict)
+    steps: dict[str, int] = field(default_factory=dict)
+
+
+def test_mapping_flags_check_their_values_type():
+    """A mapping setting's values are checked against its declared type: names are strings, step counts whole
+    numbers (not 1.5, not a boolean), from flags and from config files alike."""
+    config = apply_flags(Mappings(), ['--names={"top": "camera1"}', '--steps={"handle-pull": 80}'])
+    assert config == Mappings({"top": "camera1"}, {"handle-pull": 80})
+    assert apply_mapping(Mappings(), {"steps": {"handle-pull": 80}}).steps == {"handle-pull": 80}
+    for argv, message in (
+        (['--steps={"a": 1.5}'], "--steps: expected a JSON object of int values"),
+        (['--steps={"a": true}'], "--steps: expected a JSON object of int values"),
+        (['--names={"a": 1}'], "--names: expected a JSON object of strings"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            apply_flags(Mappings(), argv)
+        assert message in str(err.value)
+
+
 def test_cli_reports_bad_flags_with_exit_code_2(capsys):
     assert main(["eval", "--eval.bogus=1"]) == 2
     assert "unknown flag --eval.bogus" in capsys.readouterr().err

@@ -60,8 +60,10 @@ def parse_value(text: str, kind: Any, where: str) -> Any:
             value = json.loads(text) if text.strip() else {}
         except json.JSONDecodeError:
             value = None
-        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-            raise ConfigError(f'--{where}: expected a JSON object of strings, e.g. \'{{"a": "b"}}\', got {text!r}')
+        values = args[1] if args else str  # dict[str, str] (names) or dict[str, int] (counts per task)
+        if not isinstance(value, dict) or not all(isinstance(k, str) and type(v) is values for k, v in value.items()):
+            example, noun = ('"b"', "strings") if values is str else ("1", f"{values.__name__} values")
+            raise ConfigError(f"--{where}: expected a JSON object of {noun}, e.g. '{{\"a\": {example}}}', got {text!r}")
         return value
     try:
         if kind is bool:

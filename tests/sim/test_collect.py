@@ -141,13 +141,16 @@ def test_existing_output_is_not_overwritten(collected):
 
 
 def test_varied_joint_starts_are_part_of_what_a_dataset_was_collected_with(collected, tmp_path):
-    """A dataset collected with Meta-World's own starts is not taken for one with varied starts (the benchmark driver
-    would otherwise keep the wrong data); asking for varied starts on tasks without a joint range is refused before
-    anything is written."""
+    """A dataset collected with Meta-World's own starts (and episodes that end at success) is not taken for one with
+    varied starts or steps after success (the benchmark driver would otherwise keep the wrong data); asking for varied
+    starts on tasks without a joint range is refused before anything is written."""
     assert collected_with(collected, small_config(collected))
     varied = small_config(collected)
     varied.env.vary_joint_start = True
     assert not collected_with(collected, varied)
+    carried_on = small_config(collected)
+    carried_on.env.steps_after_success = 10
+    assert not collected_with(collected, carried_on)
     bad = small_config(tmp_path / "demos")
     bad.env.vary_joint_start = True
     with pytest.raises(ConfigError, match=r"vary_joint_start is defined for .* not for \['reach', 'push'\]"):

@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import subprocess
 import sys
@@ -176,3 +177,21 @@ def test_varied_joint_starts_place_the_handle_short_of_success_by_seed(task, low
     varied.close()
     with pytest.raises(SimError, match=r"vary_joint_start is defined for .*'handle-pull'.*not 'reach'"):
         MetaWorldEnv(task="reach", cameras=(), vary_joint_start=True)
+
+
+def test_steps_after_success_carry_the_motion_on_and_then_end_the_episode():
+    """With `steps_after_success` the episode ends that many steps after its first success, not at it (terminated,
+    not truncated), and the expert goes on pulling: the handle ends higher than where it crossed the threshold.
+    Unset, an episode still ends at its first success; a negative count is refused."""
+    config = MetaWorldConfig(task="handle-pull", cameras=())
+    envs = [MetaWorldEnv(config), MetaWorldEnv(dataclasses.replace(config, steps_after_success=30))]
+    plain, carried = (run_episode(env, ExpertAgent(), 3, 0, record=True) for env in envs)
+    assert plain.success and carried.success and carried.length == plain.length + 30 < config.max_steps
+    shared = plain.frames["observation.environment_state"]
+    assert np.array_equal(carried.frames["observation.environment_state"][: plain.length], shared)
+    handle = carried.frames["observation.environment_state"][:, 6]
+    assert handle[-1] > handle[plain.length - 1] + 0.01, (handle[plain.length - 1], handle[-1])
+    for env in envs:
+        env.close()
+    with pytest.raises(SimError, match="steps_after_success >= 0"):
+        MetaWorldEnv(task="reach", cameras=(), steps_after_success=-1)

@@ -86,6 +86,9 @@ class MetaWorldConfig:
     # objects and goal markers cover several times the pixels). "lerobot" with the fast render keeps images cheap.
     camera_pose: str = "metaworld"
     success_terminates: bool = True
+    # Steps the episode goes on after its first success before it terminates: demonstrations that carry the motion
+    # to its end (a handle pulled to the top of its travel), not stopped the moment it crosses the success threshold.
+    steps_after_success: int = 0
     # Perturbed views, to test what a policy learnt from one set-up does in another (robustness, augmentation):
     camera_offset: tuple[float, float, float] = (0.0, 0.0, 0.0)  # metres added to every configured camera's position
     light_scale: float = 1.0  # multiplies the scene's light (diffuse and ambient, lamps and headlight)
@@ -134,8 +137,11 @@ class MetaWorldEnv(gym.Env):
                 f"camera_offset must be 3 numbers (x, y, z metres) and light_scale in [0, 10], got "
                 f"{list(config.camera_offset)}, {config.light_scale}"
             )
-        if config.image_size < 8 or config.max_steps < 1:
-            raise SimError(f"image_size must be >= 8 and max_steps >= 1, got {config.image_size}, {config.max_steps}")
+        if config.image_size < 8 or config.max_steps < 1 or config.steps_after_success < 0:
+            raise SimError(
+                f"image_size must be >= 8, max_steps >= 1 and steps_after_success >= 0, got {config.image_size}, "
+                f"{config.max_steps}, {config.steps_after_success}"
+            )
         self.config = config
         self.task = canonical(config.task)
         if config.instruction is not None and not config.instruction.strip():
@@ -175,7 +181,7 @@ class MetaWorldEnv(gym.Env):
         )
         self.metadata = {**self.metadata, "render_fps": self.fps}
         self.render_pixels = True  # False skips rendering (observations then have no pixels): for blind agents
-        self._steps = 0
+        self._steps, self._success_at = 0, None
 
     def _make_renderer(self):
         import mujoco  # after MUJOCO_GL is set (above), and only for rendering envs
@@ -222,7 +228,7 @@ class MetaWorldEnv(gym.Env):
         # the previous episode's goal, so the same seed would render differently depending on history.
         for site, position in self.sim._target_site_config:
             self.sim._set_pos_site(site, position)
-        self._steps = 0
+        self._steps, self._success_at = 0, None
         return self._observation(state), {"task": self.task, "instruction": self.instruction, "seed": int(seed)}
 
     def _vary_joint_start(self, seed: int) -> np.ndarray:
@@ -246,7 +252,13 @@ class MetaWorldEnv(gym.Env):
         state, reward, _, _, info = self.sim.step(np.clip(action, -1.0, 1.0))
         self._steps += 1
         success = bool(info["success"])
-        terminated = success and self.config.success_terminates
+        if success and self._success_at is None:
+            self._success_at = self._steps
+        terminated = (
+            self.config.success_terminates
+            and self._success_at is not None
+            and self._steps - self._success_at >= self.config.steps_after_success
+        )
         truncated = not terminated and self._steps >= self.config.max_steps
         info = {**info, "success": success, "steps": self._steps}
         return self._observation(state), float(reward), terminated, truncated, info
