@@ -60,6 +60,9 @@ class CollectRecipe:
     # Task → steps its demonstrations go on after their first success (`--env.steps_after_success`); evaluation
     # still ends at success.
     steps_after_success: dict[str, int] = field(default_factory=dict)
+    # Task → (low, high) joint range its varied starts are drawn from instead of the env's default
+    # (`--env.joint_start`); only for tasks in vary_joint_start.
+    joint_start: dict[str, tuple[float, float]] = field(default_factory=dict)
     num_workers: int = 2
 
 
@@ -95,6 +98,8 @@ class Recipe:
         tasks = resolve_tasks(recipe.tasks)
         if not set(recipe.collect.vary_joint_start) <= set(tasks):
             raise ConfigError(f"{path}: collect.vary_joint_start must name tasks of the recipe ({', '.join(tasks)})")
+        if not set(recipe.collect.joint_start) <= set(recipe.collect.vary_joint_start):
+            raise ConfigError(f"{path}: collect.joint_start must name tasks of collect.vary_joint_start")
         after = recipe.collect.steps_after_success
         if not all(task in tasks and n >= 0 for task, n in after.items()):
             raise ConfigError(
@@ -166,6 +171,7 @@ def collect_stage(recipe: Recipe, tasks: list[str], out: Path, log: StageLog) ->
             env_config(recipe, task),
             vary_joint_start=task in recipe.collect.vary_joint_start,
             steps_after_success=recipe.collect.steps_after_success.get(task, 0),
+            joint_start=recipe.collect.joint_start.get(task),
         )
         config = CollectConfig(env=env, episodes_per_task=recipe.collect.episodes_per_task,
                                output_dir=str(root), num_workers=recipe.collect.num_workers)  # fmt: skip

@@ -11,7 +11,8 @@ oracle's goal went: into the state, in the three padded slots after the robot's 
 state projection already has them: no new parameter, the checkpoint keeps LeRobot's shape). Training and evaluation
 alike, and nothing privileged at evaluation (cameras + 4-D state in, as in every recipe): the goal is estimated.
 The answer is detached, so the head learns from its own loss only, not from the expert's. `--feed goal,object` also
-writes the head's object answer (the puck, the peg) into the three slots after the goal's.
+writes the head's object answer (the puck, the peg) into the three slots after the goal's; `--relative` writes each
+fed position minus the hand's (decimetres) instead, the same numbers for a handle 3 cm below the hand at any height.
 
 The checkpoint cannot act without its head (`aux_head.pt`, beside the run's checkpoints): a benchmark device, not a
 recipe for users. Evaluation (its worker processes too) builds agents through `GoalFedFactory`, which attaches it.
@@ -34,23 +35,47 @@ from benchmarks.pilot_aux_goal import HEAD, AuxGoalHooks
 from smolvla.errors import ConfigError
 from smolvla.eval import agent as agent_module
 from smolvla.eval import evaluate as evaluate_module
+from smolvla.keys import STATE_KEY
 from smolvla.model.checkpoint import pretrained_dir
+
+RELATIVE_UNIT = 0.1  # metres: hand-relative positions fed in decimetres, about the state's normalized scale
 
 
 class GoalStateHooks(AuxGoalHooks):
     """`AuxGoalHooks` whose head's answers for `feed` (the goal, by default) are also written into the state, at
     training and evaluation."""
 
-    def __init__(self, targets: list[str], weight: float, feed: tuple[str, ...] = ("goal",), **kwargs):
+    def __init__(
+        self, targets: list[str], weight: float, feed: tuple[str, ...] = ("goal",), relative: bool = False, **kwargs
+    ):
         super().__init__(targets, weight, **kwargs)
         if not feed or any(name not in targets for name in feed):
             raise ConfigError(f"--feed {','.join(feed)}: the head answers only {targets}")
-        self.feed = list(feed)
+        self.feed, self.relative = list(feed), relative
         # Where each fed answer sits in the head's output (3 per target, in `targets`' order).
         self.columns = torch.tensor([3 * targets.index(name) + i for name in feed for i in range(3)])
+        self.hand_mean = self.hand_std = None  # the state's xyz statistics: to read the hand in metres (relative)
+
+    def init_policy(self, policy, args, data, device):
+        stats = data.stats[STATE_KEY]
+        self.hand_mean, self.hand_std = (torch.as_tensor(stats[k], dtype=torch.float32)[:3] for k in ("mean", "std"))
+        return super().init_policy(policy, args, data, device)
 
     def record(self) -> dict:
-        return {**super().record(), "feed": self.feed}
+        return {**super().record(), "feed": self.feed, "relative": self.relative,
+                "hand_mean": self.hand_mean, "hand_std": self.hand_std}  # fmt: skip
+
+    def fed(self, answer: Tensor, state: Tensor) -> Tensor:
+        """What goes into the state slots: the head's answers as they are (in their normalized units), or with
+        `relative` each position minus the hand's, in decimetres. A pull then sees "the handle 3 cm below the hand"
+        whatever the height, the same numbers its demonstrations showed, instead of an absolute height outside
+        them (a handle higher than any the pull was shown)."""
+        if not self.relative:
+            return answer
+        columns = self.columns.to(answer.device)
+        position = answer * self.std[columns].to(answer) + self.mean[columns].to(answer)
+        hand = state[:, :3] * self.hand_std.to(state) + self.hand_mean.to(state)  # Normalize's inverse
+        return ((position.unflatten(-1, (-1, 3)) - hand[:, None]) / RELATIVE_UNIT).flatten(1)
 
     def attach(self, policy, config) -> None:
         super().attach(policy, config)
@@ -75,8 +100,8 @@ class GoalStateHooks(AuxGoalHooks):
 
         def state_proj(state: Tensor) -> Tensor:
             tokens = seen.pop("tokens")  # embed_prefix embeds the cameras (in one batch) before the state
-            answer = self.head(self.tokens(tokens, cameras))[:, columns].detach()
-            return project(torch.cat([state[:, :slot], answer.to(state), state[:, slot + width :]], dim=-1))
+            answer = self.fed(self.head(self.tokens(tokens, cameras))[:, columns].detach().to(state), state)
+            return project(torch.cat([state[:, :slot], answer, state[:, slot + width :]], dim=-1))
 
         vlm.embed_images, model.state_proj.forward = embed_images, state_proj
 
@@ -94,8 +119,13 @@ class GoalFedFactory(agent_module.AgentFactory):
         if not head.is_file():
             raise ConfigError(f"{head} is missing: a policy trained by pilot_goal_state cannot act without its head")
         saved = torch.load(head)
-        hooks = GoalStateHooks(saved["targets"], weight=1.0, feed=saved.get("feed", ["goal"]))  # heads before --feed
+        # Heads saved before --feed / --relative answer the goal, as it is.
+        hooks = GoalStateHooks(
+            saved["targets"], 1.0, feed=saved.get("feed", ["goal"]), relative=bool(saved.get("relative"))
+        )
         hooks.load_head(agent.policy, head)
+        hooks.mean, hooks.std = saved["mean"], saved["std"]
+        hooks.hand_mean, hooks.hand_std = saved.get("hand_mean"), saved.get("hand_std")
         hooks.feed_state(agent.policy)
         return agent
 
@@ -105,9 +135,12 @@ def main() -> None:
     evaluate_module.AgentFactory = agent_module.AgentFactory = GoalFedFactory
     own = argparse.ArgumentParser(add_help=False)  # read first: the hooks are built with it
     own.add_argument("--feed", default="goal", help="comma-separated head targets written into the state")
+    own.add_argument("--relative", action="store_true", help="feed each position minus the hand's (decimetres)")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[own])
-    feed = tuple(own.parse_known_args()[0].feed.split(","))
-    pilot_aux_goal.main(partial(GoalStateHooks, feed=feed), parser, notes={"goal_in_state": "head", "feed": feed})
+    known = own.parse_known_args()[0]
+    feed = tuple(known.feed.split(","))
+    notes = {"goal_in_state": "head", "feed": feed, **({"relative": True} if known.relative else {})}
+    pilot_aux_goal.main(partial(GoalStateHooks, feed=feed, relative=known.relative), parser, notes=notes)
 
 
 if __name__ == "__main__":

@@ -317,28 +317,30 @@ def test_goal_scenes_teach_the_head_on_fresh_starts_as_the_cameras_saw_them(tmp_
 
 
 def test_varied_starts_and_steps_after_success_reach_only_the_named_tasks_collection(tmp_path, monkeypatch):
-    """`collect.vary_joint_start` and `collect.steps_after_success` set the env for the tasks they name, at collection
-    only (evaluation keeps Meta-World's starts and ends at success); naming a task outside the recipe, or a negative
-    count, is one clear error."""
+    """`collect.vary_joint_start`, `collect.steps_after_success` and `collect.joint_start` set the env for the tasks
+    they name, at collection only (evaluation keeps Meta-World's starts and ends at success); naming a task outside
+    the recipe (or a range for a task whose starts are not varied), or a negative count, is one clear error."""
     path = tmp_path / "recipe.yaml"
     text = RECIPE.replace("drawer-close,button-press", "handle-press,handle-pull")
-    settings = "vary_joint_start: [handle-pull], steps_after_success: {handle-pull: 80}"
+    settings = "vary_joint_start: [handle-pull], steps_after_success: {handle-pull: 80}, "
+    settings += "joint_start: {handle-pull: [-0.1, -0.05]}"
     path.write_text(text.replace("num_workers: 1}", f"num_workers: 1, {settings}}}", 1))
     recipe = bench_metaworld.Recipe.load(path)
     seen = {}
     monkeypatch.setattr(collect_module, "collect", lambda config: seen.update({config.env.task: config.env}))
     log = bench_metaworld.StageLog(tmp_path)
     bench_metaworld.collect_stage(recipe, resolve_tasks(recipe.tasks), tmp_path / "out", log)
-    assert {task: (env.vary_joint_start, env.steps_after_success) for task, env in seen.items()} == {
-        "handle-press": (False, 0),
-        "handle-pull": (True, 80),
+    assert {task: (env.vary_joint_start, env.steps_after_success, env.joint_start) for task, env in seen.items()} == {
+        "handle-press": (False, 0, None),
+        "handle-pull": (True, 80, (-0.1, -0.05)),
     }
     evaluated = bench_metaworld.eval_config(recipe, tmp_path, "handle-pull", tmp_path).env
-    assert not evaluated.vary_joint_start and evaluated.steps_after_success == 0
+    assert not evaluated.vary_joint_start and evaluated.steps_after_success == 0 and evaluated.joint_start is None
     for bad, message in (
         ("vary_joint_start: [reach]", r"collect\.vary_joint_start must name tasks of the recipe"),
         ("steps_after_success: {reach: 5}", r"collect\.steps_after_success must map tasks of the recipe"),
         ("steps_after_success: {handle-pull: -5}", r"collect\.steps_after_success must map .* to steps >= 0"),
+        ("joint_start: {handle-press: [-0.1, -0.05]}", r"collect\.joint_start must name tasks of collect\.vary"),
     ):
         path.write_text(text.replace("num_workers: 1}", f"num_workers: 1, {bad}}}", 1))
         with pytest.raises(ConfigError, match=message):

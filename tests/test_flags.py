@@ -71,6 +71,8 @@ def test_bad_flags_are_named(argv, message):
 class Mappings:
     names: dict[str, str] = field(default_factory=dict)
     steps: dict[str, int] = field(default_factory=dict)
+    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    offset: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 def test_mapping_flags_check_their_values_type():
@@ -79,10 +81,20 @@ def test_mapping_flags_check_their_values_type():
     config = apply_flags(Mappings(), ['--names={"top": "camera1"}', '--steps={"handle-pull": 80}'])
     assert config == Mappings({"top": "camera1"}, {"handle-pull": 80})
     assert apply_mapping(Mappings(), {"steps": {"handle-pull": 80}}).steps == {"handle-pull": 80}
+    ranges = apply_mapping(Mappings(), {"ranges": {"handle-pull": [-0.1, -0.045]}}).ranges
+    assert (
+        ranges
+        == {"handle-pull": (-0.1, -0.045)}
+        == apply_flags(Mappings(), ['--ranges={"handle-pull": [-0.1, -0.045]}']).ranges
+    )
     for argv, message in (
         (['--steps={"a": 1.5}'], "--steps: expected a JSON object of int values"),
         (['--steps={"a": true}'], "--steps: expected a JSON object of int values"),
         (['--names={"a": 1}'], "--names: expected a JSON object of strings"),
+        (['--ranges={"a": -0.1}'], "--ranges: expected a JSON object of lists"),
+        (['--ranges={"a": [-0.1]}'], "--ranges.a: expected 2 comma-separated items"),
+        (['--ranges={"a": [-0.1, "low"]}'], "--ranges.a: expected float, got 'low'"),
+        (["--offset=0,0"], "--offset: expected 3 comma-separated items"),
     ):
         with pytest.raises(ConfigError) as err:
             apply_flags(Mappings(), argv)

@@ -44,16 +44,19 @@ def record_state_proj_inputs(policy) -> list[torch.Tensor]:
     return seen
 
 
-@pytest.mark.parametrize("feed", [("goal",), ("goal", "object")])
-def test_the_expert_reads_the_heads_answers_in_the_state(feed):
+@pytest.mark.parametrize(("feed", "relative"), [(("goal",), False), (("goal", "object"), False), (("object",), True)])
+def test_the_expert_reads_the_heads_answers_in_the_state(feed, relative):
+    """The state projection reads the head's answers after the robot's state (`--relative`: each answered position
+    in metres minus the hand's, from the normalized state by its statistics, in decimetres)."""
     policy = tiny_policy()
     keys = set(policy.state_dict())
     batch = make_batch(policy, 3, 8, "cpu")
     noise, time = policy.sample_noise_and_time(3, torch.Generator().manual_seed(1))
     robot_state = policy.prepare_observation(batch).state
     seen = record_state_proj_inputs(policy)
-    hooks = pilot_goal_state.GoalStateHooks(["object", "goal"], weight=0.5, feed=feed)  # the goal second: at 3:6
-    hooks.mean, hooks.std = torch.zeros(6), torch.full((6,), 2.0)
+    hooks = pilot_goal_state.GoalStateHooks(["object", "goal"], weight=0.5, feed=feed, relative=relative)
+    hooks.mean, hooks.std = torch.arange(6.0), torch.full((6,), 2.0)  # the goal second: at 3:6
+    hooks.hand_mean, hooks.hand_std = torch.tensor([0.1, 0.6, 0.2]), torch.tensor([0.05, 0.1, 0.04])
     hooks.attach(policy, None)
     env_state = torch.randn(3, 39)
     hooks.targets({pilot_aux_goal.ENV_STATE: env_state}, batch, noise, time, 0)
@@ -63,7 +66,11 @@ def test_the_expert_reads_the_heads_answers_in_the_state(feed):
     with torch.no_grad():
         tokens = policy.model.vlm_with_expert.embed_images(torch.cat(policy.prepare_observation(batch).images))
         answer = hooks.head(hooks.tokens(tokens, len(CAMERAS)))
-    answer = torch.cat([answer[:, 3:6], answer[:, 0:3]], dim=1)[:, : 3 * len(feed)]  # in the feed's order
+    if relative:  # object only: its metres minus the hand's
+        hand = robot_state[:, :3] * hooks.hand_std + hooks.hand_mean
+        answer = (answer[:, 0:3] * 2.0 + torch.arange(3.0) - hand) / 0.1
+    else:
+        answer = torch.cat([answer[:, 3:6], answer[:, 0:3]], dim=1)[:, : 3 * len(feed)]  # in the feed's order
     end = 4 + answer.shape[1]
     assert len(seen) == 2  # one prefix in training, one in evaluation: both given the head's answer
     for fed in seen:
@@ -85,10 +92,12 @@ def test_what_is_fed_must_fit_and_be_answered():
         pilot_goal_state.GoalStateHooks(["goal"], weight=1.0, feed=("object",))
 
 
-def test_evaluation_agents_are_built_with_the_runs_head(tmp_path):
+@pytest.mark.parametrize("relative", [False, True])
+def test_evaluation_agents_are_built_with_the_runs_head(tmp_path, relative):
     """`GoalFedFactory` (pickled, as workers receive it) loads the head the pilot saved beside the checkpoints and
-    acts exactly as the plain agent with that head attached, fed what it was trained with (goal and object here);
-    without it the actions differ; no head, no agent."""
+    acts exactly as the plain agent with that head attached, fed what it was trained with (goal and object here,
+    as they are or relative to the hand, with the hand's statistics); without it the actions differ; no head, no
+    agent."""
     from smolvla.processors import TaskTokenizer, make_processors
     from smolvla.sim.tasks import INSTRUCTIONS
 
@@ -99,8 +108,9 @@ def test_evaluation_agents_are_built_with_the_runs_head(tmp_path):
     run = tmp_path / "train"
     checkpoint = run / "checkpoints" / "000002" / "pretrained_model"
     policy.save_pretrained(checkpoint, processors=make_processors(policy.config, stats, tokenizer))
-    hooks = pilot_goal_state.GoalStateHooks(["goal", "object"], weight=1.0, feed=("goal", "object"))
+    hooks = pilot_goal_state.GoalStateHooks(["goal", "object"], weight=1.0, feed=("goal", "object"), relative=relative)
     hooks.mean, hooks.std = torch.zeros(6), torch.ones(6)
+    hooks.hand_mean, hooks.hand_std = torch.tensor([0.1, 0.6, 0.2]), torch.tensor([0.05, 0.1, 0.04])
     hooks.build_head(policy)
     with torch.no_grad():
         hooks.head[-1].bias.fill_(3.0)  # a goal far from the zero padding, so reading it must change the actions

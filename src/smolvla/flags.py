@@ -54,15 +54,24 @@ def parse_value(text: str, kind: Any, where: str) -> Any:
         text = text.strip()
         text = text[1:-1] if text.startswith("[") and text.endswith("]") else text
         items = [parse_value(part.strip().strip("'\""), item, where) for part in text.split(",") if part.strip()]
+        if origin is tuple and Ellipsis not in args and len(args) > 1 and len(items) != len(args):
+            raise ConfigError(f"--{where}: expected {len(args)} comma-separated items, got {text!r}")
         return tuple(items) if origin is tuple else items
     if origin is dict:  # LeRobot's JSON form: --rename_map='{"observation.images.top": "observation.images.camera1"}'
         try:
             value = json.loads(text) if text.strip() else {}
         except json.JSONDecodeError:
             value = None
-        values = args[1] if args else str  # dict[str, str] (names) or dict[str, int] (counts per task)
+        values = args[1] if args else str  # dict[str, str] (names), dict[str, int] (counts), dict[str, tuple[...]]
+        if typing.get_origin(values) is tuple and isinstance(value, dict):  # a list per key: its items checked
+            if all(isinstance(v, list) for v in value.values()):
+                return {k: parse_value(",".join(map(str, v)), values, f"{where}.{k}") for k, v in value.items()}
+            value = None
         if not isinstance(value, dict) or not all(isinstance(k, str) and type(v) is values for k, v in value.items()):
-            example, noun = ('"b"', "strings") if values is str else ("1", f"{values.__name__} values")
+            if typing.get_origin(values) is tuple:
+                example, noun = "[1, 2]", "lists"
+            else:
+                example, noun = ('"b"', "strings") if values is str else ("1", f"{values.__name__} values")
             raise ConfigError(f"--{where}: expected a JSON object of {noun}, e.g. '{{\"a\": {example}}}', got {text!r}")
         return value
     try:

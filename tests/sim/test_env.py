@@ -179,6 +179,32 @@ def test_varied_joint_starts_place_the_handle_short_of_success_by_seed(task, low
         MetaWorldEnv(task="reach", cameras=(), vary_joint_start=True)
 
 
+def test_joint_start_sets_the_range_varied_starts_are_drawn_from():
+    """`joint_start` replaces the task's default range: the same seeds place the handle inside the given joint range
+    (up to 11.9 cm for handle-pull, just short of where it counts as pulled, 12.2 cm), the expert still succeeds from
+    there; a range outside the joint's travel, reversed, or without varied starts is one clear error."""
+    config = MetaWorldConfig(task="handle-pull", cameras=(), vary_joint_start=True, joint_start=(-0.05, -0.045))
+    env = MetaWorldEnv(config)
+    env.render_pixels = False
+    heights = []
+    for seed in range(4):
+        heights.append(100 * env.reset(seed=seed)[0]["environment_state"][6])
+        assert not env.step(np.zeros(4, dtype=np.float32))[4]["success"]
+    assert all(11.3 <= h <= 12.0 for h in heights) and np.ptp(heights) > 0.1, heights
+    assert run_episode(env, ExpertAgent(), 3, 0).success
+    env.close()
+    for bad, message in (
+        (
+            {"joint_start": (-0.2, -0.05)},
+            r"joint_start must be \(low, high\) .* travel \[-0.1, 0.0\], got \[-0.2, -0.05\]",
+        ),
+        ({"joint_start": (-0.05, -0.06)}, r"low <= high"),
+        ({"joint_start": (-0.06, -0.05), "vary_joint_start": False}, r"set vary_joint_start too"),
+    ):
+        with pytest.raises(SimError, match=message):
+            MetaWorldEnv(dataclasses.replace(config, **bad))
+
+
 def test_steps_after_success_carry_the_motion_on_and_then_end_the_episode():
     """With `steps_after_success` the episode ends that many steps after its first success, not at it (terminated,
     not truncated), and the expert goes on pulling: the handle ends higher than where it crossed the threshold.

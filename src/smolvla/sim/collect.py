@@ -89,6 +89,7 @@ def _config_record(config: CollectConfig, tasks: list[str]) -> dict[str, Any]:
         ("camera_pose", "metaworld"),
         ("vary_joint_start", False),
         ("steps_after_success", 0),
+        ("joint_start", None),
     ):
         if record["env"][key] == neutral:  # recorded as before these settings existed
             record["env"].pop(key)

@@ -98,6 +98,10 @@ class MetaWorldConfig:
     # Start the task's articulated part anywhere on its travel short of success (tasks in JOINT_STARTS), drawn from
     # the episode's seed: more varied demonstrations, so a policy must find the handle where it is, not where it was.
     vary_joint_start: bool = False
+    # The (low, high) joint positions `vary_joint_start` draws from, instead of the task's JOINT_STARTS range: e.g.
+    # pulls that start anywhere short of success, (-0.1, -0.045) for handle-pull (6.4-11.9 cm). Joint units (metres of
+    # the handle's slide), within the joint's travel; a start past the task's success makes a one-step episode.
+    joint_start: tuple[float, float] | None = None
 
     @classmethod
     def lerobot(cls, task: str) -> MetaWorldConfig:
@@ -149,6 +153,8 @@ class MetaWorldEnv(gym.Env):
         self.instruction = config.instruction or instruction(self.task)
         if config.vary_joint_start and self.task not in JOINT_STARTS:
             raise SimError(f"vary_joint_start is defined for {sorted(JOINT_STARTS)}, not {self.task!r}")
+        if config.joint_start is not None and not config.vary_joint_start:
+            raise SimError("joint_start sets the range vary_joint_start draws from: set vary_joint_start too")
         metaworld = _import_metaworld()
         sim = metaworld.env_dict.ALL_V3_ENVIRONMENTS[f"{self.task}-v3"]()
         # Goal-observable multi-task mode (what MT1/MT10/MT50 use and the experts need), new goal at every reset
@@ -160,6 +166,7 @@ class MetaWorldEnv(gym.Env):
         sim._set_task_called = True
         sim.max_path_length = config.max_steps
         self.sim = sim
+        self._joint_start = self._joint_start_range() if config.vary_joint_start else None
         self.fps = round(1.0 / (sim.model.opt.timestep * sim.frame_skip))
         self.cameras = tuple(config.cameras)
         known = [sim.model.camera(i).name for i in range(sim.model.ncam)]
@@ -231,9 +238,25 @@ class MetaWorldEnv(gym.Env):
         self._steps, self._success_at = 0, None
         return self._observation(state), {"task": self.task, "instruction": self.instruction, "seed": int(seed)}
 
+    def _joint_start_range(self) -> tuple[float, float]:
+        """`joint_start` checked against the joint's travel, or the task's JOINT_STARTS range when unset."""
+        index, *default = JOINT_STARTS[self.task]
+        if self.config.joint_start is None:
+            return tuple(default)
+        model = self.sim.model
+        joint = int(np.flatnonzero(model.jnt_qposadr == index)[0])
+        travel = model.jnt_range[joint].tolist()
+        start = tuple(float(x) for x in self.config.joint_start)
+        if len(start) != 2 or not travel[0] <= start[0] <= start[1] <= travel[1]:
+            raise SimError(
+                f"joint_start must be (low, high) with low <= high inside the {self.task} joint's travel {travel}, "
+                f"got {list(self.config.joint_start)}"
+            )
+        return start
+
     def _vary_joint_start(self, seed: int) -> np.ndarray:
-        """Move the articulated part to a seeded point of its JOINT_STARTS range; the state as if it started there."""
-        index, low, high = JOINT_STARTS[self.task]
+        """Move the articulated part to a seeded point of its start range; the state as if it started there."""
+        index, (low, high) = JOINT_STARTS[self.task][0], self._joint_start
         sim = self.sim
         qpos, qvel = sim.data.qpos.copy(), sim.data.qvel.copy()
         qpos[index], qvel[index] = np.random.default_rng([seed, index]).uniform(low, high), 0.0
