@@ -122,11 +122,12 @@ class AuxGoalHooks(TrainHooks):
         return self.head.to(policy.device)
 
     def load_head(self, policy, path: Path) -> dict:
-        """The head `train_and_keep_head` saved at `path`, built for `policy` and loaded; returns the saved dict
-        (`record`'s: its units, `mean` and `std`, and what it answers)."""
+        """The head `train_and_keep_head` saved at `path`, built for `policy` and loaded with its units (`mean` and
+        `std`); returns the saved dict (`record`'s: also what it answers)."""
         saved = torch.load(path)
         self.build_head(policy).load_state_dict(saved["head"])
         self.head.eval()
+        self.mean, self.std = saved["mean"], saved["std"]
         return saved
 
     def scene_batch(self, config, size: int, device) -> tuple[Tensor, Tensor]:

@@ -61,6 +61,11 @@ class GoalStateHooks(AuxGoalHooks):
         self.hand_mean, self.hand_std = (torch.as_tensor(stats[k], dtype=torch.float32)[:3] for k in ("mean", "std"))
         return super().init_policy(policy, args, data, device)
 
+    def load_head(self, policy, path: Path) -> dict:
+        saved = super().load_head(policy, path)
+        self.hand_mean, self.hand_std = saved.get("hand_mean"), saved.get("hand_std")  # heads before --relative: none
+        return saved
+
     def record(self) -> dict:
         return {**super().record(), "feed": self.feed, "relative": self.relative,
                 "hand_mean": self.hand_mean, "hand_std": self.hand_std}  # fmt: skip
@@ -124,8 +129,6 @@ class GoalFedFactory(agent_module.AgentFactory):
             saved["targets"], 1.0, feed=saved.get("feed", ["goal"]), relative=bool(saved.get("relative"))
         )
         hooks.load_head(agent.policy, head)
-        hooks.mean, hooks.std = saved["mean"], saved["std"]
-        hooks.hand_mean, hooks.hand_std = saved.get("hand_mean"), saved.get("hand_std")
         hooks.feed_state(agent.policy)
         return agent
 

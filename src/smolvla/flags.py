@@ -63,17 +63,17 @@ def parse_value(text: str, kind: Any, where: str) -> Any:
         except json.JSONDecodeError:
             value = None
         values = args[1] if args else str  # dict[str, str] (names), dict[str, int] (counts), dict[str, tuple[...]]
-        if typing.get_origin(values) is tuple and isinstance(value, dict):  # a list per key: its items checked
-            if all(isinstance(v, list) for v in value.values()):
+        listed = typing.get_origin(values) is tuple  # a JSON list per key, its items parsed and checked
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            if listed and all(isinstance(v, list) for v in value.values()):
                 return {k: parse_value(",".join(map(str, v)), values, f"{where}.{k}") for k, v in value.items()}
-            value = None
-        if not isinstance(value, dict) or not all(isinstance(k, str) and type(v) is values for k, v in value.items()):
-            if typing.get_origin(values) is tuple:
-                example, noun = "[1, 2]", "lists"
-            else:
-                example, noun = ('"b"', "strings") if values is str else ("1", f"{values.__name__} values")
-            raise ConfigError(f"--{where}: expected a JSON object of {noun}, e.g. '{{\"a\": {example}}}', got {text!r}")
-        return value
+            if not listed and all(type(v) is values for v in value.values()):
+                return value
+        if listed:
+            example, noun = "[1, 2]", "lists"
+        else:
+            example, noun = ('"b"', "strings") if values is str else ("1", f"{values.__name__} values")
+        raise ConfigError(f"--{where}: expected a JSON object of {noun}, e.g. '{{\"a\": {example}}}', got {text!r}")
     try:
         if kind is bool:
             if text.lower() in _TRUE | _FALSE:
