@@ -63,6 +63,9 @@ class CollectRecipe:
     # Task → (low, high) joint range its varied starts are drawn from instead of the env's default
     # (`--env.joint_start`); only for tasks in vary_joint_start.
     joint_start: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # Task → (x, y, z) half-widths of the box its demonstrations' hand starts are drawn from
+    # (`--env.hand_start_spread`); evaluation keeps Meta-World's hand start.
+    hand_start_spread: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     num_workers: int = 2
 
 
@@ -100,6 +103,8 @@ class Recipe:
             raise ConfigError(f"{path}: collect.vary_joint_start must name tasks of the recipe ({', '.join(tasks)})")
         if not set(recipe.collect.joint_start) <= set(recipe.collect.vary_joint_start):
             raise ConfigError(f"{path}: collect.joint_start must name tasks of collect.vary_joint_start")
+        if not set(recipe.collect.hand_start_spread) <= set(tasks):
+            raise ConfigError(f"{path}: collect.hand_start_spread must name tasks of the recipe ({', '.join(tasks)})")
         after = recipe.collect.steps_after_success
         if not all(task in tasks and n >= 0 for task, n in after.items()):
             raise ConfigError(
@@ -172,6 +177,7 @@ def collect_stage(recipe: Recipe, tasks: list[str], out: Path, log: StageLog) ->
             vary_joint_start=task in recipe.collect.vary_joint_start,
             steps_after_success=recipe.collect.steps_after_success.get(task, 0),
             joint_start=recipe.collect.joint_start.get(task),
+            hand_start_spread=recipe.collect.hand_start_spread.get(task, (0.0, 0.0, 0.0)),
         )
         config = CollectConfig(env=env, episodes_per_task=recipe.collect.episodes_per_task,
                                output_dir=str(root), num_workers=recipe.collect.num_workers)  # fmt: skip

@@ -323,24 +323,31 @@ def test_varied_starts_and_steps_after_success_reach_only_the_named_tasks_collec
     path = tmp_path / "recipe.yaml"
     text = RECIPE.replace("drawer-close,button-press", "handle-press,handle-pull")
     settings = "vary_joint_start: [handle-pull], steps_after_success: {handle-pull: 80}, "
-    settings += "joint_start: {handle-pull: [-0.1, -0.05]}"
+    settings += "joint_start: {handle-pull: [-0.1, -0.05]}, hand_start_spread: {handle-pull: [0.1, 0.05, 0.08]}"
     path.write_text(text.replace("num_workers: 1}", f"num_workers: 1, {settings}}}", 1))
     recipe = bench_metaworld.Recipe.load(path)
     seen = {}
     monkeypatch.setattr(collect_module, "collect", lambda config: seen.update({config.env.task: config.env}))
     log = bench_metaworld.StageLog(tmp_path)
     bench_metaworld.collect_stage(recipe, resolve_tasks(recipe.tasks), tmp_path / "out", log)
-    assert {task: (env.vary_joint_start, env.steps_after_success, env.joint_start) for task, env in seen.items()} == {
-        "handle-press": (False, 0, None),
-        "handle-pull": (True, 80, (-0.1, -0.05)),
+    settings_of = {
+        task: (env.vary_joint_start, env.steps_after_success, env.joint_start, env.hand_start_spread)
+        for task, env in seen.items()
+    }
+    assert settings_of == {
+        "handle-press": (False, 0, None, (0.0, 0.0, 0.0)),
+        "handle-pull": (True, 80, (-0.1, -0.05), (0.1, 0.05, 0.08)),
     }
     evaluated = bench_metaworld.eval_config(recipe, tmp_path, "handle-pull", tmp_path).env
     assert not evaluated.vary_joint_start and evaluated.steps_after_success == 0 and evaluated.joint_start is None
+    assert evaluated.hand_start_spread == (0.0, 0.0, 0.0)
     for bad, message in (
         ("vary_joint_start: [reach]", r"collect\.vary_joint_start must name tasks of the recipe"),
         ("steps_after_success: {reach: 5}", r"collect\.steps_after_success must map tasks of the recipe"),
         ("steps_after_success: {handle-pull: -5}", r"collect\.steps_after_success must map .* to steps >= 0"),
         ("joint_start: {handle-press: [-0.1, -0.05]}", r"collect\.joint_start must name tasks of collect\.vary"),
+        ("hand_start_spread: {reach: [0.1, 0.1, 0.1]}", r"collect\.hand_start_spread must name tasks of the recipe"),
+        ("hand_start_spread: {handle-pull: [0.1, 0.1]}", r"collect\.hand_start_spread.*handle-pull.*3"),
     ):
         path.write_text(text.replace("num_workers: 1}", f"num_workers: 1, {bad}}}", 1))
         with pytest.raises(ConfigError, match=message):

@@ -142,8 +142,9 @@ def test_existing_output_is_not_overwritten(collected):
 
 def test_varied_joint_starts_are_part_of_what_a_dataset_was_collected_with(collected, tmp_path):
     """A dataset collected with Meta-World's own starts (and episodes that end at success) is not taken for one with
-    varied starts, varied starts from another range, or steps after success (the benchmark driver would otherwise keep
-    the wrong data); asking for varied starts on tasks without a joint range is refused before anything is written."""
+    varied starts, varied starts from another range, spread hand starts, or steps after success (the benchmark driver
+    would otherwise keep the wrong data); asking for varied starts on tasks without a joint range is refused before
+    anything is written."""
     assert collected_with(collected, small_config(collected))
     varied = small_config(collected)
     varied.env.vary_joint_start = True
@@ -151,6 +152,9 @@ def test_varied_joint_starts_are_part_of_what_a_dataset_was_collected_with(colle
     carried_on = small_config(collected)
     carried_on.env.steps_after_success = 10
     assert not collected_with(collected, carried_on)
+    spread_hand = small_config(collected)
+    spread_hand.env.hand_start_spread = (0.1, 0.05, 0.08)
+    assert not collected_with(collected, spread_hand)
     record = json.loads((collected / "meta" / COLLECT_META).read_text())
     record["config"]["env"]["vary_joint_start"] = True  # as a dataset collected with `varied` would record it
     (tmp_path / "varied" / "meta").mkdir(parents=True)

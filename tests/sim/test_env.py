@@ -205,6 +205,31 @@ def test_joint_start_sets_the_range_varied_starts_are_drawn_from():
             MetaWorldEnv(dataclasses.replace(config, **bad))
 
 
+def test_hand_start_spread_draws_the_hand_start_by_seed_inside_its_box():
+    """`hand_start_spread` starts the hand anywhere in a box around Meta-World's hand start, drawn from the episode's
+    seed (the same seed, the same start), without disturbing the handle; the expert still succeeds from there. Unset,
+    the hand starts where Meta-World puts it; a spread past the hand's reach, negative or not 3 numbers is refused."""
+    spread = (0.1, 0.05, 0.08)
+    fixed = MetaWorldEnv(MetaWorldConfig(task="handle-pull", cameras=()))
+    spread_env = MetaWorldEnv(MetaWorldConfig(task="handle-pull", cameras=(), hand_start_spread=spread))
+    fixed.render_pixels = spread_env.render_pixels = False
+    own = np.stack([fixed.reset(seed=seed)[0]["environment_state"] for seed in range(6)])
+    drawn = np.stack([spread_env.reset(seed=seed)[0]["environment_state"] for seed in range(6)])
+    home = fixed.sim.hand_init_pos
+    assert np.ptp(own[:, :3], axis=0).max() < 0.01  # Meta-World's one start (the hand settles within millimetres)
+    assert (np.abs(drawn[:, :3] - home) <= np.asarray(spread) + 0.01).all()
+    assert (np.ptp(drawn[:, :3], axis=0) > np.asarray(spread) / 2).all(), drawn[:, :3]
+    np.testing.assert_allclose(drawn[:, 4:7], own[:, 4:7], atol=1e-4)  # the handle where it would be anyway
+    assert np.array_equal(spread_env.reset(seed=4)[0]["environment_state"], drawn[4])
+    assert run_episode(spread_env, ExpertAgent(), 3, 0).success
+    fixed.close()
+    spread_env.close()
+    message = r"hand_start_spread must be 3 numbers >= 0 .* at most \[0\.5, 0\.2, 0\.15\]"
+    for bad in ((0.1, 0.05, 0.2), (0.1, -0.05, 0.08), (0.1, 0.05)):
+        with pytest.raises(SimError, match=message):
+            MetaWorldEnv(task="handle-pull", cameras=(), hand_start_spread=bad)
+
+
 def test_steps_after_success_carry_the_motion_on_and_then_end_the_episode():
     """With `steps_after_success` the episode ends that many steps after its first success, not at it (terminated,
     not truncated), and the expert goes on pulling: the handle ends higher than where it crossed the threshold.

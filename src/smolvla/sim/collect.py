@@ -90,6 +90,7 @@ def _config_record(config: CollectConfig, tasks: list[str]) -> dict[str, Any]:
         ("vary_joint_start", False),
         ("steps_after_success", 0),
         ("joint_start", None),
+        ("hand_start_spread", [0.0, 0.0, 0.0]),
     ):
         if record["env"][key] == neutral:  # recorded as before these settings existed
             record["env"].pop(key)

@@ -45,6 +45,7 @@ JOINT_STARTS = {
     "handle-press": (9, -0.06, -0.001),  # handle top 11.2-17.1 cm; pressed (success) at 9.5 cm or below
     "handle-pull": (9, -0.1, -0.06),  # handle 6.4-10.4 cm; pulled (success) at 12.2 cm or above
 }
+HAND_STREAM = 100  # the random stream hand starts are drawn from, apart from the joint starts' (keyed by qpos index)
 GL_HELP = (
     "MuJoCo needs an offscreen OpenGL backend: run with MUJOCO_GL=egl (the default smolvla sets when the variable is "
     "unset) and, on Debian/Ubuntu, install `libegl1 libegl-mesa0 libgl1-mesa-dri` (Mesa's software renderer works "
@@ -102,6 +103,10 @@ class MetaWorldConfig:
     # pulls that start anywhere short of success, (-0.1, -0.045) for handle-pull (6.4-11.9 cm). Joint units (metres of
     # the handle's slide), within the joint's travel; a start past the task's success makes a one-step episode.
     joint_start: tuple[float, float] | None = None
+    # Half-widths (x, y, z metres) of a box around Meta-World's hand start that the hand's start is drawn from, by the
+    # episode's seed. Meta-World starts the hand at one point: every demonstration then descends about as far, and a
+    # policy can learn "descend that far" instead of "go to the handle". Zero: Meta-World's start.
+    hand_start_spread: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     @classmethod
     def lerobot(cls, task: str) -> MetaWorldConfig:
@@ -167,6 +172,8 @@ class MetaWorldEnv(gym.Env):
         sim.max_path_length = config.max_steps
         self.sim = sim
         self._joint_start = self._joint_start_range() if config.vary_joint_start else None
+        self._hand_home = sim.hand_init_pos.copy()
+        self._hand_spread = self._hand_start_spread()
         self.fps = round(1.0 / (sim.model.opt.timestep * sim.frame_skip))
         self.cameras = tuple(config.cameras)
         known = [sim.model.camera(i).name for i in range(sim.model.ncam)]
@@ -228,6 +235,9 @@ class MetaWorldEnv(gym.Env):
         if seed is None:
             seed = int(self.np_random.integers(2**31))
         self.sim.seed(int(seed))
+        if self._hand_spread.any():  # Meta-World moves the hand to hand_init_pos first thing in its reset
+            offset = np.random.default_rng([int(seed), HAND_STREAM]).uniform(-self._hand_spread, self._hand_spread)
+            self.sim.hand_init_pos = self._hand_home + offset
         state, _ = self.sim.reset()
         if self.config.vary_joint_start:
             state = self._vary_joint_start(int(seed))
@@ -253,6 +263,18 @@ class MetaWorldEnv(gym.Env):
                 f"got {list(self.config.joint_start)}"
             )
         return start
+
+    def _hand_start_spread(self) -> np.ndarray:
+        """`hand_start_spread` checked: three numbers >= 0 that keep every start inside the hand's reach."""
+        spread, home, sim = np.asarray(self.config.hand_start_spread, dtype=np.float64), self._hand_home, self.sim
+        reach = np.minimum(home - sim.mocap_low, sim.mocap_high - home)
+        if spread.shape != (3,) or not ((spread >= 0) & (spread <= reach)).all():
+            raise SimError(
+                f"hand_start_spread must be 3 numbers >= 0 (x, y, z metres) within the hand's reach from its start "
+                f"{np.round(home, 3).tolist()}, at most {np.round(reach, 3).tolist()}; "
+                f"got {list(self.config.hand_start_spread)}"
+            )
+        return spread
 
     def _vary_joint_start(self, seed: int) -> np.ndarray:
         """Move the articulated part to a seeded point of its start range; the state as if it started there."""
