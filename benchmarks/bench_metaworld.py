@@ -172,12 +172,13 @@ def collect_stage(recipe: Recipe, tasks: list[str], out: Path, log: StageLog) ->
     roots = []
     for task in tasks:
         root = out / "data" / task
+        base = env_config(recipe, task)
         env = dataclasses.replace(
-            env_config(recipe, task),
+            base,
             vary_joint_start=task in recipe.collect.vary_joint_start,
             steps_after_success=recipe.collect.steps_after_success.get(task, 0),
             joint_start=recipe.collect.joint_start.get(task),
-            hand_start_spread=recipe.collect.hand_start_spread.get(task, (0.0, 0.0, 0.0)),
+            hand_start_spread=recipe.collect.hand_start_spread.get(task, base.hand_start_spread),
         )
         config = CollectConfig(env=env, episodes_per_task=recipe.collect.episodes_per_task,
                                output_dir=str(root), num_workers=recipe.collect.num_workers)  # fmt: skip

@@ -76,23 +76,23 @@ def _load_staged(path: Path, with_frames: bool) -> tuple[dict[str, Any], dict[st
     return meta, frames
 
 
+# Env settings added after datasets were first recorded: left out of the record at their defaults, so those datasets
+# still match the configs that would collect them.
+LATER_ENV_SETTINGS = (
+    "camera_offset", "light_scale", "instruction", "camera_pose", "vary_joint_start", "steps_after_success",
+    "joint_start", "hand_start_spread",
+)  # fmt: skip
+
+
 def _config_record(config: CollectConfig, tasks: list[str]) -> dict[str, Any]:
     record = dataclasses.asdict(config)
     record["env"]["task"] = tasks
     for key in ("output_dir", "num_workers", "overwrite"):  # do not change which episodes are collected
         record.pop(key)
     record = json.loads(json.dumps(record))
-    for key, neutral in (
-        ("camera_offset", [0.0, 0.0, 0.0]),
-        ("light_scale", 1.0),
-        ("instruction", None),
-        ("camera_pose", "metaworld"),
-        ("vary_joint_start", False),
-        ("steps_after_success", 0),
-        ("joint_start", None),
-        ("hand_start_spread", [0.0, 0.0, 0.0]),
-    ):
-        if record["env"][key] == neutral:  # recorded as before these settings existed
+    defaults = json.loads(json.dumps(dataclasses.asdict(MetaWorldConfig())))
+    for key in LATER_ENV_SETTINGS:
+        if record["env"][key] == defaults[key]:  # recorded as before these settings existed
             record["env"].pop(key)
     return record
 
