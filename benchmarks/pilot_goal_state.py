@@ -12,7 +12,9 @@ state projection already has them: no new parameter, the checkpoint keeps LeRobo
 alike, and nothing privileged at evaluation (cameras + 4-D state in, as in every recipe): the goal is estimated.
 The answer is detached, so the head learns from its own loss only, not from the expert's. `--feed goal,object` also
 writes the head's object answer (the puck, the peg) into the three slots after the goal's; `--relative` writes each
-fed position minus the hand's (decimetres) instead, the same numbers for a handle 3 cm below the hand at any height.
+fed position minus the hand's (decimetres) instead, the same numbers for a handle 3 cm below the hand at any height;
+`--hide_hand z` also blanks the hand's own height in the state (its normalized mean, 0), so how far to descend can be
+read only from the handle, not from the height its demonstrations' handles happened to sit at.
 
 The checkpoint cannot act without its head (`aux_head.pt`, beside the run's checkpoints): a benchmark device, not a
 recipe for users. Evaluation (its worker processes too) builds agents through `GoalFedFactory`, which attaches it.
@@ -39,6 +41,7 @@ from smolvla.keys import STATE_KEY
 from smolvla.model.checkpoint import pretrained_dir
 
 RELATIVE_UNIT = 0.1  # metres: hand-relative positions fed in decimetres, about the state's normalized scale
+AXES = "xyz"  # the state's first three slots: the hand's position
 
 
 class GoalStateHooks(AuxGoalHooks):
@@ -46,12 +49,22 @@ class GoalStateHooks(AuxGoalHooks):
     training and evaluation."""
 
     def __init__(
-        self, targets: list[str], weight: float, feed: tuple[str, ...] = ("goal",), relative: bool = False, **kwargs
+        self,
+        targets: list[str],
+        weight: float,
+        feed: tuple[str, ...] = ("goal",),
+        relative: bool = False,
+        hide_hand: str = "",
+        **kwargs,
     ):
         super().__init__(targets, weight, **kwargs)
         if not feed or any(name not in targets for name in feed):
             raise ConfigError(f"--feed {','.join(feed)}: the head answers only {targets}")
-        self.feed, self.relative = list(feed), relative
+        if any(axis not in AXES for axis in hide_hand) or len(set(hide_hand)) != len(hide_hand):
+            raise ConfigError(f"--hide_hand {hide_hand}: expected distinct axes among x, y, z (e.g. z)")
+        if hide_hand and not relative:
+            raise ConfigError(f"--hide_hand {hide_hand} needs --relative: the hand's position is then in the handle's")
+        self.feed, self.relative, self.hide_hand = list(feed), relative, hide_hand
         # Where each fed answer sits in the head's output (3 per target, in `targets`' order).
         self.columns = torch.tensor([3 * targets.index(name) + i for name in feed for i in range(3)])
         self.hand_mean = self.hand_std = None  # the state's xyz statistics: to read the hand in metres (relative)
@@ -67,7 +80,7 @@ class GoalStateHooks(AuxGoalHooks):
         return saved
 
     def record(self) -> dict:
-        return {**super().record(), "feed": self.feed, "relative": self.relative,
+        return {**super().record(), "feed": self.feed, "relative": self.relative, "hide_hand": self.hide_hand,
                 "hand_mean": self.hand_mean, "hand_std": self.hand_std}  # fmt: skip
 
     def fed(self, answer: Tensor, state: Tensor) -> Tensor:
@@ -96,6 +109,7 @@ class GoalStateHooks(AuxGoalHooks):
             raise ConfigError(f"--feed {','.join(self.feed)} needs {width} free state slots after the state's {slot} "
                               f"(max_state_dim {policy.config.max_state_dim})")  # fmt: skip
         columns = self.columns.to(policy.device)
+        hidden = torch.tensor([AXES.index(axis) for axis in self.hide_hand], dtype=torch.long, device=policy.device)
         embed, project = vlm.embed_images, model.state_proj.forward
         seen: dict[str, Tensor] = {}
 
@@ -106,7 +120,8 @@ class GoalStateHooks(AuxGoalHooks):
         def state_proj(state: Tensor) -> Tensor:
             tokens = seen.pop("tokens")  # embed_prefix embeds the cameras (in one batch) before the state
             answer = self.fed(self.head(self.tokens(tokens, cameras))[:, columns].detach().to(state), state)
-            return project(torch.cat([state[:, :slot], answer, state[:, slot + width :]], dim=-1))
+            robot = state[:, :slot].index_fill(1, hidden, 0.0)  # after `fed`, which reads the hand's position
+            return project(torch.cat([robot, answer, state[:, slot + width :]], dim=-1))
 
         vlm.embed_images, model.state_proj.forward = embed_images, state_proj
 
@@ -126,7 +141,11 @@ class GoalFedFactory(agent_module.AgentFactory):
         saved = torch.load(head)
         # Heads saved before --feed / --relative answer the goal, as it is.
         hooks = GoalStateHooks(
-            saved["targets"], 1.0, feed=saved.get("feed", ["goal"]), relative=bool(saved.get("relative"))
+            saved["targets"],
+            1.0,
+            feed=saved.get("feed", ["goal"]),
+            relative=bool(saved.get("relative")),
+            hide_hand=saved.get("hide_hand", ""),
         )
         hooks.load_head(agent.policy, head)
         hooks.feed_state(agent.policy)
@@ -139,11 +158,14 @@ def main() -> None:
     own = argparse.ArgumentParser(add_help=False)  # read first: the hooks are built with it
     own.add_argument("--feed", default="goal", help="comma-separated head targets written into the state")
     own.add_argument("--relative", action="store_true", help="feed each position minus the hand's (decimetres)")
+    own.add_argument("--hide_hand", default="", help="hand axes (of xyz) blanked in the state; needs --relative")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[own])
     known = own.parse_known_args()[0]
     feed = tuple(known.feed.split(","))
-    notes = {"goal_in_state": "head", "feed": feed, **({"relative": True} if known.relative else {})}
-    pilot_aux_goal.main(partial(GoalStateHooks, feed=feed, relative=known.relative), parser, notes=notes)
+    notes = {"goal_in_state": "head", "feed": feed, **({"relative": True} if known.relative else {}),
+             **({"hide_hand": known.hide_hand} if known.hide_hand else {})}  # fmt: skip
+    hooks = partial(GoalStateHooks, feed=feed, relative=known.relative, hide_hand=known.hide_hand)
+    pilot_aux_goal.main(hooks, parser, notes=notes)
 
 
 if __name__ == "__main__":

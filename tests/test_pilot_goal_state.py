@@ -44,17 +44,23 @@ def record_state_proj_inputs(policy) -> list[torch.Tensor]:
     return seen
 
 
-@pytest.mark.parametrize(("feed", "relative"), [(("goal",), False), (("goal", "object"), False), (("object",), True)])
-def test_the_expert_reads_the_heads_answers_in_the_state(feed, relative):
+@pytest.mark.parametrize(
+    ("feed", "relative", "hide_hand"),
+    [(("goal",), False, ""), (("goal", "object"), False, ""), (("object",), True, ""), (("object",), True, "zx")],
+)
+def test_the_expert_reads_the_heads_answers_in_the_state(feed, relative, hide_hand):
     """The state projection reads the head's answers after the robot's state (`--relative`: each answered position
-    in metres minus the hand's, from the normalized state by its statistics, in decimetres)."""
+    in metres minus the hand's, from the normalized state by its statistics, in decimetres; `--hide_hand`: those
+    hand axes blanked in the robot's state, after the relative answer was read from them)."""
     policy = tiny_policy()
     keys = set(policy.state_dict())
     batch = make_batch(policy, 3, 8, "cpu")
     noise, time = policy.sample_noise_and_time(3, torch.Generator().manual_seed(1))
     robot_state = policy.prepare_observation(batch).state
     seen = record_state_proj_inputs(policy)
-    hooks = pilot_goal_state.GoalStateHooks(["object", "goal"], weight=0.5, feed=feed, relative=relative)
+    hooks = pilot_goal_state.GoalStateHooks(
+        ["object", "goal"], weight=0.5, feed=feed, relative=relative, hide_hand=hide_hand
+    )
     hooks.mean, hooks.std = torch.arange(6.0), torch.full((6,), 2.0)  # the goal second: at 3:6
     hooks.hand_mean, hooks.hand_std = torch.tensor([0.1, 0.6, 0.2]), torch.tensor([0.05, 0.1, 0.04])
     hooks.attach(policy, None)
@@ -75,7 +81,10 @@ def test_the_expert_reads_the_heads_answers_in_the_state(feed, relative):
     assert len(seen) == 2  # one prefix in training, one in evaluation: both given the head's answer
     for fed in seen:
         torch.testing.assert_close(fed[:, 4:end], answer, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(fed[:, :4], robot_state[:, :4])
+        hidden = ["xyz".index(axis) for axis in hide_hand]
+        shown = [i for i in range(4) if i not in hidden]
+        torch.testing.assert_close(fed[:, shown], robot_state[:, shown])
+        assert not fed[:, hidden].any()
         assert not fed[:, end:].any()  # the rest of the padding stays zero
     assert all(p.grad is not None for p in hooks.head.parameters())  # the head still learns, from its own loss
     assert set(policy.state_dict()) == keys  # no new parameter: the checkpoint keeps its shape
@@ -90,14 +99,18 @@ def test_what_is_fed_must_fit_and_be_answered():
         both.feed_state(policy)
     with pytest.raises(ConfigError, match=r"--feed object: the head answers only \['goal'\]"):
         pilot_goal_state.GoalStateHooks(["goal"], weight=1.0, feed=("object",))
+    with pytest.raises(ConfigError, match="--hide_hand zw: expected distinct axes among x, y, z"):
+        pilot_goal_state.GoalStateHooks(["goal"], weight=1.0, relative=True, hide_hand="zw")
+    with pytest.raises(ConfigError, match="--hide_hand z needs --relative"):
+        pilot_goal_state.GoalStateHooks(["goal"], weight=1.0, hide_hand="z")
 
 
-@pytest.mark.parametrize("relative", [False, True])
-def test_evaluation_agents_are_built_with_the_runs_head(tmp_path, relative):
+@pytest.mark.parametrize(("relative", "hide_hand"), [(False, ""), (True, ""), (True, "z")])
+def test_evaluation_agents_are_built_with_the_runs_head(tmp_path, relative, hide_hand):
     """`GoalFedFactory` (pickled, as workers receive it) loads the head the pilot saved beside the checkpoints and
     acts exactly as the plain agent with that head attached, fed what it was trained with (goal and object here,
-    as they are or relative to the hand, with the hand's statistics); without it the actions differ; no head, no
-    agent."""
+    as they are or relative to the hand, with the hand's statistics and its hidden axes); without it the actions
+    differ; no head, no agent."""
     from smolvla.processors import TaskTokenizer, make_processors
     from smolvla.sim.tasks import INSTRUCTIONS
 
@@ -108,7 +121,9 @@ def test_evaluation_agents_are_built_with_the_runs_head(tmp_path, relative):
     run = tmp_path / "train"
     checkpoint = run / "checkpoints" / "000002" / "pretrained_model"
     policy.save_pretrained(checkpoint, processors=make_processors(policy.config, stats, tokenizer))
-    hooks = pilot_goal_state.GoalStateHooks(["goal", "object"], weight=1.0, feed=("goal", "object"), relative=relative)
+    hooks = pilot_goal_state.GoalStateHooks(
+        ["goal", "object"], weight=1.0, feed=("goal", "object"), relative=relative, hide_hand=hide_hand
+    )
     hooks.mean, hooks.std = torch.zeros(6), torch.ones(6)
     hooks.hand_mean, hooks.hand_std = torch.tensor([0.1, 0.6, 0.2]), torch.tensor([0.05, 0.1, 0.04])
     hooks.build_head(policy)
