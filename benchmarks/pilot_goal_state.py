@@ -63,7 +63,7 @@ class GoalStateHooks(AuxGoalHooks):
         if any(axis not in AXES for axis in hide_hand) or len(set(hide_hand)) != len(hide_hand):
             raise ConfigError(f"--hide_hand {hide_hand}: expected distinct axes among x, y, z (e.g. z)")
         if hide_hand and not relative:
-            raise ConfigError(f"--hide_hand {hide_hand} needs --relative: the hand's position is then in the handle's")
+            raise ConfigError(f"--hide_hand {hide_hand} needs --relative: else nothing fed says where the hand is")
         self.feed, self.relative, self.hide_hand = list(feed), relative, hide_hand
         # Where each fed answer sits in the head's output (3 per target, in `targets`' order).
         self.columns = torch.tensor([3 * targets.index(name) + i for name in feed for i in range(3)])
@@ -139,7 +139,7 @@ class GoalFedFactory(agent_module.AgentFactory):
         if not head.is_file():
             raise ConfigError(f"{head} is missing: a policy trained by pilot_goal_state cannot act without its head")
         saved = torch.load(head)
-        # Heads saved before --feed / --relative answer the goal, as it is.
+        # Heads saved before --feed / --relative / --hide_hand answer the goal, as it is, beside the whole state.
         hooks = GoalStateHooks(
             saved["targets"],
             1.0,
