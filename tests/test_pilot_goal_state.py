@@ -78,11 +78,11 @@ def test_the_expert_reads_the_heads_answers_in_the_state(feed, relative, hide_ha
     else:
         answer = torch.cat([answer[:, 3:6], answer[:, 0:3]], dim=1)[:, : 3 * len(feed)]  # in the feed's order
     end = 4 + answer.shape[1]
+    hidden = ["xyz".index(axis) for axis in hide_hand]
+    shown = [i for i in range(4) if i not in hidden]
     assert len(seen) == 2  # one prefix in training, one in evaluation: both given the head's answer
     for fed in seen:
         torch.testing.assert_close(fed[:, 4:end], answer, atol=1e-5, rtol=1e-4)
-        hidden = ["xyz".index(axis) for axis in hide_hand]
-        shown = [i for i in range(4) if i not in hidden]
         torch.testing.assert_close(fed[:, shown], robot_state[:, shown])
         assert not fed[:, hidden].any()
         assert not fed[:, end:].any()  # the rest of the padding stays zero
